@@ -1,0 +1,114 @@
+"""Hard-coded registration presets, one per ordered (fixed, moving) modality pair.
+
+The table is data: a few named settings blocks combined per pair, no branching logic. Every engine
+adapter translates the same :class:`Preset` fields into its own parameters, so the presets stay
+engine-agnostic. The numbers are justified by ``Testing/Benchmarks/bench_registration.py`` (see
+the README's preset table and measured figures).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from .modality import Modality, parse_modality
+
+Similarity = Literal["mi", "ncc"]
+Initialization = Literal["geometry", "moments"]
+
+# Fill values for voxels outside the moving image, by the moving modality: air.
+FILL_VALUE = {Modality.CT: -1024.0, Modality.T1: 0.0, Modality.T2: 0.0, Modality.FLAIR: 0.0, Modality.MR: 0.0}
+
+# CT is clipped to this Hounsfield window before registration: it keeps soft tissue and bone
+# contrast while stopping dense bone/metal and the air/pad background from dominating MI.
+CT_WINDOW_HU = (-100.0, 1500.0)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything an engine needs to know to register one modality pair."""
+
+    name: str
+    fixed_modality: Modality
+    moving_modality: Modality
+    engines: tuple[str, ...]  # preference order; the first installed one runs
+    transform: Literal["rigid", "affine"]
+    similarity: Similarity  # what the engines optimize
+    initialization: Initialization
+    shrink_factors: tuple[int, ...]  # pyramid, coarse to fine
+    smoothing_sigmas_mm: tuple[float, ...]  # one per pyramid level
+    iterations: tuple[int, ...]  # one per pyramid level
+    sampling_fraction: float  # share of fixed voxels sampled per metric evaluation
+    histogram_bins: int
+    interpolation: Literal["linear", "bspline"]
+    winsorize: tuple[float, float]  # intensity quantiles clipped before registration (MR)
+    fixed_ct_window: tuple[float, float] | None
+    moving_ct_window: tuple[float, float] | None
+    moving_fill_value: float
+    score_metric: Literal["ncc", "nmi"]  # the metric the result is judged with
+
+    def describe(self) -> str:
+        levels = "/".join(str(s) for s in self.shrink_factors)
+        return (
+            f"{self.name}: {self.transform}, optimize {self.similarity.upper()}, "
+            f"init {self.initialization}, pyramid {levels}, score {self.score_metric.upper()}"
+        )
+
+
+# Settings blocks. Same-modality pairs optimize correlation; anything else mutual information.
+_COMMON = dict(
+    transform="rigid",
+    shrink_factors=(4, 2, 1),
+    smoothing_sigmas_mm=(2.0, 1.0, 0.0),
+    iterations=(200, 100, 50),
+    sampling_fraction=0.10,
+    histogram_bins=32,
+    interpolation="linear",
+    winsorize=(0.005, 0.995),
+)
+_SAME_MR = dict(_COMMON, similarity="ncc", initialization="moments", score_metric="ncc")
+_CROSS_MR = dict(_COMMON, similarity="mi", initialization="moments", score_metric="nmi")
+_WITH_CT = dict(_COMMON, similarity="mi", initialization="moments", score_metric="nmi")
+_CT_CT = dict(_COMMON, similarity="ncc", initialization="moments", score_metric="ncc")
+# A generic MR may be any contrast, so it is treated as cross-modality even against itself.
+_GENERIC_MR = _CROSS_MR
+
+_ENGINES_DEFAULT = ("simpleitk",)
+
+
+# The table itself: (fixed, moving) -> settings block. Written out so it reads as data.
+_T1, _T2, _FL, _CT, _MR = Modality.T1, Modality.T2, Modality.FLAIR, Modality.CT, Modality.MR
+_TABLE: dict[tuple[Modality, Modality], dict[str, object]] = {
+    (_T1, _T1): _SAME_MR, (_T1, _T2): _CROSS_MR, (_T1, _FL): _CROSS_MR, (_T1, _CT): _WITH_CT, (_T1, _MR): _GENERIC_MR,
+    (_T2, _T1): _CROSS_MR, (_T2, _T2): _SAME_MR, (_T2, _FL): _CROSS_MR, (_T2, _CT): _WITH_CT, (_T2, _MR): _GENERIC_MR,
+    (_FL, _T1): _CROSS_MR, (_FL, _T2): _CROSS_MR, (_FL, _FL): _SAME_MR, (_FL, _CT): _WITH_CT, (_FL, _MR): _GENERIC_MR,
+    (_CT, _T1): _WITH_CT, (_CT, _T2): _WITH_CT, (_CT, _FL): _WITH_CT, (_CT, _CT): _CT_CT, (_CT, _MR): _WITH_CT,
+    (_MR, _T1): _GENERIC_MR, (_MR, _T2): _GENERIC_MR, (_MR, _FL): _GENERIC_MR, (_MR, _CT): _WITH_CT,
+    (_MR, _MR): _GENERIC_MR,
+}
+
+
+def _build(fixed: Modality, moving: Modality) -> Preset:
+    block = _TABLE[(fixed, moving)]
+    return Preset(
+        name=f"{moving.value}-to-{fixed.value}",
+        fixed_modality=fixed,
+        moving_modality=moving,
+        engines=_ENGINES_DEFAULT,
+        fixed_ct_window=CT_WINDOW_HU if fixed is Modality.CT else None,
+        moving_ct_window=CT_WINDOW_HU if moving is Modality.CT else None,
+        moving_fill_value=FILL_VALUE[moving],
+        **block,  # type: ignore[arg-type]
+    )
+
+
+PRESETS: dict[tuple[Modality, Modality], Preset] = {pair: _build(*pair) for pair in _TABLE}
+
+
+def preset_for(fixed_modality: str | Modality, moving_modality: str | Modality, *,
+               transform: Literal["rigid", "affine"] | None = None) -> Preset:
+    """The preset for a (fixed, moving) pair; ``transform`` overrides rigid/affine."""
+    preset = PRESETS[(parse_modality(fixed_modality), parse_modality(moving_modality))]
+    if transform is not None and transform != preset.transform:
+        preset = replace(preset, transform=transform)
+    return preset
