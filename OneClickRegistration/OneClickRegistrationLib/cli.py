@@ -1,0 +1,43 @@
+"""The ``oneclick-register`` command line.
+
+``oneclick-register FIXED MOVING -o OUTDIR [...]`` registers one pair; the sub-commands ``score``,
+``batch`` and ``demo`` do the rest. Every documented failure exits non-zero with a one-line message
+on stderr and no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from importlib import import_module
+
+# sub-command -> module with ``main(argv: list[str]) -> int``
+_SUBCOMMANDS: dict[str, str] = {
+    "score": "cli_score",
+    "batch": "cli_batch",
+    "demo": "cli_demo",
+}
+
+USAGE = """usage: oneclick-register FIXED MOVING -o OUTDIR [options]   register one pair
+       oneclick-register score FIXED MOVING [options]          score an alignment
+       oneclick-register batch PAIRS.csv -o DIR                register many pairs
+       oneclick-register demo [-o DIR]                         offline demonstration
+Run any of them with --help for its options."""
+
+
+def _entry(module: str) -> Callable[[list[str]], int]:
+    return import_module(f"{__package__}.{module}").main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if args else 2
+    if args[0] in _SUBCOMMANDS:
+        return _entry(_SUBCOMMANDS[args[0]])(args[1:])
+    return _entry("cli_register")(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
