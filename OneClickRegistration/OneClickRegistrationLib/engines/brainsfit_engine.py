@@ -364,7 +364,9 @@ class _Progress:
 
     BRAINSFit prints "Starting Transform Estimations for Rigid(1 of 2)" per phase and, when its
     iteration observer is on, one "<iteration> <metric> [ parameters ]" line per iteration
-    (BRAINSCommonLib/BRAINSFitHelperTemplate.hxx, genericRegistrationHelper.h).
+    (BRAINSCommonLib/BRAINSFitHelperTemplate.hxx, genericRegistrationHelper.h). The observer is off
+    for linear phases in BRAINSTools 07bdec3 (BRAINSFitHelper does not forward ObserveIterations),
+    so in practice progress moves per phase; iteration lines are used when a build prints them.
     """
 
     _PHASE = re.compile(r"Starting Transform Estimations for (\w+)\((\d+) of (\d+)\)")
