@@ -1,0 +1,245 @@
+"""The Elastix adapter running the real ``elastix`` on small synthetic heads with known ground truth."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from OneClickRegistrationLib import synthetic
+from OneClickRegistrationLib.engines.base import EngineRequest, EngineSettings, RunOptions
+from OneClickRegistrationLib.engines.elastix_engine import ElastixEngine
+from OneClickRegistrationLib.errors import CancelledError, EngineError, EngineTimeoutError
+from OneClickRegistrationLib.presets import preset_for
+
+pytestmark = [
+    pytest.mark.engine,
+    pytest.mark.skipif(shutil.which("elastix") is None,
+                       reason="elastix is not on PATH (Debian/Ubuntu: apt install elastix)"),
+]
+
+ROTATION_DEG = (8.0, -6.0, 10.0)
+TRANSLATION_MM = (6.0, -8.0, 5.0)
+
+
+@pytest.fixture(autouse=True)
+def private_tempdir(tmp_path, monkeypatch) -> Path:
+    """Engine temp folders go to this test's own folder, so leftovers are ours to see."""
+    folder = tmp_path / "engine-temp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def _leftovers(folder: Path) -> list[Path]:
+    return sorted(folder.glob("oneclickreg-elastix-*"))
+
+
+def _pair(moving: str) -> synthetic.SyntheticPair:
+    return synthetic.make_pair("T1", moving, rotation_deg=ROTATION_DEG, translation_mm=TRANSLATION_MM,
+                               coarsen=2.5)
+
+
+@pytest.fixture(scope="module")
+def t2_pair() -> synthetic.SyntheticPair:
+    return _pair("T2")
+
+
+@pytest.fixture(scope="module")
+def ct_pair() -> synthetic.SyntheticPair:
+    return _pair("CT")
+
+
+def _request(pair: synthetic.SyntheticPair, **kwargs) -> EngineRequest:
+    """What the pipeline hands an engine: float32 images, CT windowed as the preset says."""
+    preset = kwargs.pop("preset", preset_for(pair.fixed_modality, pair.moving_modality))
+    fixed = sitk.Cast(pair.fixed, sitk.sitkFloat32)
+    moving = sitk.Cast(pair.moving, sitk.sitkFloat32)
+    if preset.fixed_ct_window is not None:
+        fixed = sitk.Clamp(fixed, sitk.sitkFloat32, *preset.fixed_ct_window)
+    if preset.moving_ct_window is not None:
+        moving = sitk.Clamp(moving, sitk.sitkFloat32, *preset.moving_ct_window)
+    return EngineRequest(fixed=fixed, moving=moving, preset=preset, **kwargs)
+
+
+def _tre(transform: sitk.Transform, pair: synthetic.SyntheticPair) -> float:
+    return float(synthetic.target_registration_error(transform, pair.truth, pair.brain_points).mean())
+
+
+def _engine(**overrides: str) -> ElastixEngine:
+    return ElastixEngine(EngineSettings(), parameter_overrides=overrides)
+
+
+def test_recovers_rigid_t2_to_t1_without_initial_transform(t2_pair, private_tempdir):
+    start = _tre(sitk.Euler3DTransform(), t2_pair)
+    progress: list[tuple[float, str]] = []
+    output = _engine().run(_request(t2_pair), RunOptions(progress=lambda f, m: progress.append((f, m))))
+    assert isinstance(output.transform, sitk.Euler3DTransform)
+    assert start > 10.0
+    assert _tre(output.transform, t2_pair) < 1.0
+    fractions = [f for f, _ in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any("level 3/3" in m for _, m in progress)
+    assert output.engine_metric_value is not None and output.engine_metric_value < 0  # MI is negated
+    assert output.log[0].startswith("$ ") and "-t0" in output.log[0]  # moments start, made explicit
+    assert _leftovers(private_tempdir) == []
+
+
+def test_recovers_rigid_ct_to_t1_from_a_centered_initializer(ct_pair, private_tempdir):
+    request = _request(ct_pair)
+    initial = sitk.CenteredTransformInitializer(request.fixed, request.moving, sitk.Euler3DTransform(),
+                                                sitk.CenteredTransformInitializerFilter.GEOMETRY)
+    output = _engine().run(replace(request, initial_transform=initial), RunOptions(threads=1))
+    assert "-threads 1" in output.log[0]
+    assert isinstance(output.transform, sitk.Euler3DTransform)
+    assert _tre(output.transform, ct_pair) < 1.0
+    assert _leftovers(private_tempdir) == []
+
+
+def test_recovers_with_elastix_geometric_centre_start(t2_pair):
+    preset = replace(preset_for("T1", "T2"), initialization="geometry")
+    output = _engine().run(_request(t2_pair, preset=preset), RunOptions())
+    assert "-t0" not in output.log[0]
+    assert _tre(output.transform, t2_pair) < 1.0
+
+
+def test_result_includes_a_rotated_initial_transform(t2_pair):
+    # The start is off by a rotation about a point far from the head, so applying the initial
+    # transform in the wrong order (or dropping it) would leave an error of many millimetres.
+    initial = synthetic.rigid_transform((3.0, -9.0, 4.0), (2.0, 5.0, -3.0), center=(40.0, -60.0, 30.0))
+    assert _tre(initial, t2_pair) > 10.0
+    output = _engine().run(_request(t2_pair, initial_transform=initial), RunOptions())
+    assert _tre(output.transform, t2_pair) < 1.0
+    # With a zero step size the result is the initial transform itself (the -t0 file is read right).
+    unoptimized = _engine(AutomaticParameterEstimation='"false"', SP_a="0.0").run(
+        _request(t2_pair, initial_transform=initial), RunOptions())
+    points = t2_pair.brain_points[:200]
+    assert synthetic.target_registration_error(unoptimized.transform, initial, points).max() < 1e-3
+
+
+def test_affine_with_masks(t2_pair):
+    request = _request(t2_pair, transform_kind="affine")
+    # Head masks (everything brighter than the background noise), as the pipeline would pass them.
+    fixed_mask = sitk.BinaryThreshold(request.fixed, 100.0, 1e9, 1, 0)
+    moving_mask = sitk.BinaryThreshold(request.moving, 100.0, 1e9, 1, 0)
+    output = _engine().run(replace(request, fixed_mask=fixed_mask, moving_mask=moving_mask),
+                           RunOptions(keep_temp=True))
+    assert isinstance(output.transform, sitk.AffineTransform)
+    assert "-fMask" in output.log[0] and "-mMask" in output.log[0]
+    assert _tre(output.transform, t2_pair) < 1.0
+    kept = Path(output.kept_temp_dir)
+    try:
+        assert (kept / "out" / "TransformParameters.0.txt").is_file()
+        assert '(Transform "AffineTransform")' in (kept / "parameters.txt").read_text()
+        assert '(ErodeMask "false")' in (kept / "parameters.txt").read_text()
+    finally:
+        shutil.rmtree(kept)
+
+
+def _long_request(pair: synthetic.SyntheticPair) -> EngineRequest:
+    preset = replace(preset_for("T1", "T2"), iterations=(20000, 20000, 20000))
+    return _request(pair, preset=preset)
+
+
+def _elastix_children() -> set[int]:
+    """Running elastix processes started by this test process."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)
+            name = fields[0].split("(", 1)[1]
+            state, ppid = fields[1].split()[:2]
+        except (OSError, IndexError, ValueError):
+            continue
+        if name == "elastix" and int(ppid) == os.getpid() and state != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process check reads /proc (Linux)")
+def test_cancel_stops_elastix_quickly_and_cleans_up(t2_pair, private_tempdir):
+    seen: dict[str, object] = {}
+
+    def progress(fraction: float, message: str) -> None:
+        if "iteration" in message and "pids" not in seen:
+            seen["pids"] = _elastix_children()
+            seen["folders"] = _leftovers(private_tempdir)
+
+    def cancel() -> bool:
+        if "pids" in seen:
+            seen.setdefault("cancelled_at", time.monotonic())
+            return True
+        return False
+
+    with pytest.raises(CancelledError):
+        _engine().run(_long_request(t2_pair), RunOptions(progress=progress, cancel=cancel))
+    stopped_after = time.monotonic() - seen["cancelled_at"]
+    assert seen["pids"] and len(seen["folders"]) == 1  # elastix was really running in its folder
+    assert stopped_after < 2.0
+    for pid in seen["pids"]:
+        assert not Path(f"/proc/{pid}").exists() or pid not in _elastix_children()
+    assert _elastix_children() == set()
+    assert _leftovers(private_tempdir) == []
+
+
+def test_timeout_stops_elastix_and_cleans_up(t2_pair, private_tempdir):
+    with pytest.raises(EngineTimeoutError, match=r"did not finish within 1\.5 s"):
+        _engine().run(_long_request(t2_pair), RunOptions(timeout_s=1.5))
+    assert _elastix_children() == set()
+    assert _leftovers(private_tempdir) == []
+
+
+def test_unknown_component_gives_elastixs_own_message(t2_pair, private_tempdir):
+    with pytest.raises(EngineError) as caught:
+        _engine(Metric='"NoSuchMetric"').run(_request(t2_pair), RunOptions())
+    message = str(caught.value)
+    assert "elastix failed: it exited with code 1" in message
+    assert "The following component could not be created: NoSuchMetric" in message
+    assert any("NoSuchMetric" in line for line in caught.value.log_tail)
+    assert _leftovers(private_tempdir) == []
+
+
+def test_impossible_value_fails_with_elastixs_message(t2_pair):
+    with pytest.raises(EngineError) as caught:
+        _engine(NumberOfHistogramBins="-5").run(_request(t2_pair), RunOptions())
+    assert "elastix says:" in str(caught.value)
+    assert caught.value.log_tail
+
+
+def _fake_elastix(folder: Path, body: str) -> Path:
+    program = folder / "elastix"
+    program.write_text("#!/bin/sh\n" + body + "\n")
+    program.chmod(program.stat().st_mode | stat.S_IXUSR)
+    return program
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ('echo "Total time elapsed: 0s."; exit 0', "exited normally but wrote no TransformParameters.0.txt"),
+    ('echo "about to crash"; kill -SEGV $$', "killed by signal 11"),
+])
+def test_programs_that_misbehave_raise_engine_error(t2_pair, tmp_path, private_tempdir, body, expected):
+    # Stand-ins: the real elastix cannot be made to exit 0 without a result, or to crash, on demand.
+    program = _fake_elastix(tmp_path, body)
+    engine = ElastixEngine(EngineSettings(executable=program))
+    with pytest.raises(EngineError, match=expected) as caught:
+        engine.run(_request(t2_pair), RunOptions())
+    assert caught.value.log_tail
+    assert _leftovers(private_tempdir) == []
+
+
+def test_inputs_are_not_modified(t2_pair):
+    request = _request(t2_pair, initial_transform=sitk.Euler3DTransform())
+    before = sitk.GetArrayFromImage(request.moving).copy(), request.initial_transform.GetParameters()
+    _engine(MaximumNumberOfIterations="5 5 5").run(request, RunOptions())
+    assert np.array_equal(sitk.GetArrayViewFromImage(request.moving), before[0])
+    assert request.initial_transform.GetParameters() == before[1]
