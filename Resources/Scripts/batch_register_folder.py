@@ -3,8 +3,10 @@
     Slicer --no-main-window --python-script batch_register_folder.py INPUT OUTPUT [options]
 
 INPUT holds one sub-folder per case with two volumes named ``fixed.*`` and ``moving.*`` (NRRD, NIfTI,
-MHA, ...). Or pass ``--pairs PAIRS.csv`` (columns ``case,fixed,moving``; relative paths are read from
-the CSV's folder) and any INPUT folder.
+MHA, ...); a modality word after an underscore or dash (``fixed_T1w.nii.gz``, ``moving-CT.nrrd``) is
+helps modality detection (``--fixed-modality``/``--moving-modality`` override it). Or pass
+``--pairs PAIRS.csv`` (columns ``case,fixed,moving``; relative paths are read from the CSV's folder)
+and any INPUT folder.
 
 For each case, ``OUTPUT/<case>/`` receives ``transform.tfm`` (ITK text, LPS, fixed -> moving: the file
 Slicer writes for the moving volume's transform, readable by ITK/SimpleITK/ANTs tools), ``report.json``
@@ -36,7 +38,7 @@ CSV_COLUMNS = (
 
 def _volume_named(folder: Path, stem: str) -> Path | None:
     found = [p for p in sorted(folder.iterdir())
-             if p.is_file() and p.name.lower().startswith(stem + ".")
+             if p.is_file() and p.name.lower().startswith((stem + ".", stem + "_", stem + "-"))
              and any(p.name.lower().endswith(s) for s in VOLUME_SUFFIXES)]
     return found[0] if found else None
 

@@ -127,8 +127,9 @@ def test_results_table_gets_one_row_per_registration(scene_with_pair, truth_resu
     assert (row["Fixed modality"], row["Moving modality"]) == ("T1", "T2")
     assert row["Preset"] == truth_result.preset.name and row["Engine"] == truth_result.engine
     assert row["Verdict"] == truth_result.verdict.label
-    assert float(row["Score after"]) == pytest.approx(truth_result.score_after.value)
-    assert float(row["Score before"]) == pytest.approx(truth_result.score_before.value)
+    assert vtk_table.GetColumnByName("Score after").GetValue(1) == truth_result.score_after.value
+    assert vtk_table.GetColumnByName("Score before").GetValue(1) == truth_result.score_before.value
+    assert vtk_table.GetColumnByName("Time (s)").GetValue(1) == truth_result.elapsed_s
     assert row["Transform"] == second.transform_node.GetName()
     # The second transform replaced the first as the moving volume's parent.
     assert moving.GetTransformNodeID() == second.transform_node.GetID()
@@ -175,10 +176,16 @@ def test_a_result_the_glue_cannot_use_leaves_the_scene_as_it_was(scene_with_pair
 
 
 @pytest.fixture
-def broken_elastix():
+def broken_elastix(tmp_path):
+    # An installed but broken elastix: it answers --version, then every registration exits with an
+    # error. The failure goes through the real adapter and process runner; only the program is fake.
+    program = tmp_path / "elastix"
+    program.write_text('#!/bin/sh\n'
+                       'if [ "$1" = "--version" ]; then echo "elastix version: 5.0.1"; exit 0; fi\n'
+                       'echo "itk::ExceptionObject: broken install" >&2\nexit 3\n', encoding="utf-8")
+    program.chmod(0o755)
     saved = engine_settings("elastix")
-    # A real engine failure: the "elastix" program runs and exits with status 1.
-    configure_engine("elastix", EngineSettings(executable="/bin/false"))
+    configure_engine("elastix", EngineSettings(executable=str(program)))
     yield
     configure_engine("elastix", saved)
 

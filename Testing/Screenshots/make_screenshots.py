@@ -127,9 +127,10 @@ def _plain_qt_ui(path: Path) -> QByteArray:
                 widget.remove(prop)  # node-selector properties mean nothing to a QComboBox
             elif widget.get("class") == "QGroupBox" and name == "collapsed":
                 widget.remove(prop)
-    customs = tree.getroot().find("customwidgets")
-    if customs is not None:
-        tree.getroot().remove(customs)
+    for section in ("customwidgets", "connections"):  # Slicer-only signals (mrmlSceneChanged)
+        found = tree.getroot().find(section)
+        if found is not None:
+            tree.getroot().remove(found)
     return QByteArray(ET.tostring(tree.getroot(), encoding="utf-8"))
 
 
