@@ -28,8 +28,6 @@ import OneClickRegistrationSceneGlue as glue
 MODALITY_CHOICES = ("auto", "T1", "T2", "FLAIR", "CT", "MR")
 ENGINE_CHOICES = ("auto", "simpleitk", "elastix", "ants", "brainsfit")
 PRESETS_URL = "https://github.com/OneClickRegistration/OneClickRegistration#presets"
-DICOM_TAGS = ("0008,0060", "0008,103e", "0018,1030", "0018,0024", "0018,0080", "0018,0081", "0018,0082",
-              "0018,0020", "0008,0016")  # what modality detection reads, when a volume came from DICOM
 
 
 def resourcePath(relativePath):
@@ -81,8 +79,7 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._job = None  # the running glue.BackgroundJob; the UI state is derived from it
-        self._jobKind = None
-        self._jobNodes = None
+        self._jobContext = None  # (kind, fixed node, moving node, create resampled volume) of that job
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -98,8 +95,10 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.registerButton.connect("clicked(bool)", self.onRegisterButton)
         self.ui.judgeButton.connect("clicked(bool)", self.onJudgeButton)
-        for selector in (self.ui.fixedVolumeSelector, self.ui.movingVolumeSelector):
-            selector.connect("currentNodeChanged(vtkMRMLNode*)", self._showDetectedModalities)
+        for selector, label in ((self.ui.fixedVolumeSelector, self.ui.fixedModalityDetectedLabel),
+                                (self.ui.movingVolumeSelector, self.ui.movingModalityDetectedLabel)):
+            selector.connect("currentNodeChanged(vtkMRMLNode*)",
+                             lambda node, label=label: self._showDetectedModality(node, label))
         self.ui.progressBar.hide()
         self.initializeParameterNode()
 
@@ -116,6 +115,8 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
+        if self._job:
+            self._job.cancel()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -156,23 +157,25 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.ui.engineStatusLabel.text = "\n".join(
             f"{'✓' if a.available else '✗'} {name}: {a.detail}" for name, a in available.items())
 
-    def _showDetectedModalities(self, node=None):
+    def _showDetectedModalities(self):
+        p = self._parameterNode
+        self._showDetectedModality(p.fixedVolume if p else None, self.ui.fixedModalityDetectedLabel)
+        self._showDetectedModality(p.movingVolume if p else None, self.ui.movingModalityDetectedLabel)
+
+    def _showDetectedModality(self, volume, label):
         from OneClickRegistrationLib.errors import OneClickError
         from OneClickRegistrationLib.modality import detect_modality
 
-        p = self._parameterNode
-        for volume, label in ((p and p.fixedVolume, self.ui.fixedModalityDetectedLabel),
-                              (p and p.movingVolume, self.ui.movingModalityDetectedLabel)):
-            label.text, label.toolTip = "", ""
-            try:
-                if volume and volume.GetImageData():
-                    evidence = detect_modality(glue.imageFromVolumeNode(volume), name=volume.GetName(),
-                                               metadata=self.logic.volumeMetadata(volume))
-                    label.text = _("detected: {m} ({source}, confidence {c:.2f})").format(
-                        m=evidence.modality, source=evidence.source, c=evidence.confidence)
-                    label.toolTip = evidence.detail
-            except OneClickError as error:
-                label.text = str(error)
+        label.text, label.toolTip = "", ""
+        try:
+            if volume and volume.GetImageData():
+                evidence = detect_modality(glue.imageFromVolumeNode(volume), name=volume.GetName(),
+                                           metadata=self.logic.volumeMetadata(volume))
+                label.text = _("detected: {m} ({source}, confidence {c:.2f})").format(
+                    m=evidence.modality, source=evidence.source, c=evidence.confidence)
+                label.toolTip = evidence.detail
+        except OneClickError as error:
+            label.text = str(error)
 
     def onRegisterButton(self):
         if self._job:
@@ -181,6 +184,7 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Cannot start the registration."), waitCursor=True):
+            self.logic.configureEngines()  # here: it touches Slicer modules, so not from the worker
             inputs = glue.inputsFromNodes(p.fixedVolume, p.movingVolume)
             options = self.logic.optionsFromParameterNode(p)
             self._start("register", lambda progress, cancel: self.logic.runCore(
@@ -196,8 +200,8 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
     def _start(self, kind, work):
         self._job = glue.BackgroundJob(work)
         p = self._parameterNode
-        self._jobKind, self._jobNodes = kind, (p.fixedVolume, p.movingVolume)
-        self.logic.cancelRequested = self._job.cancelRequested  # lets a BRAINSFit CLI run be cancelled
+        self._jobContext = (kind, p.fixedVolume, p.movingVolume, p.createResampledVolume)
+        OneClickRegistrationLogic.cancelRequested = staticmethod(self._job.cancelRequested)  # BRAINSFit CLI
         self.ui.progressBar.value = 0
         self.ui.progressBar.show()
         self.ui.statusLabel.text = _("Starting…")
@@ -215,6 +219,7 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         if job and job.finished:
             self._timer.stop()
             self._job = None
+            OneClickRegistrationLogic.cancelRequested = staticmethod(lambda: False)
             self.ui.progressBar.hide()
             self._updateButtons()
             self._finish(job)
@@ -222,17 +227,18 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
     def _finish(self, job):
         from OneClickRegistrationLib.errors import CancelledError
 
-        fixedNode, movingNode = self._jobNodes
+        kind, fixedNode, movingNode, createResampledVolume = self._jobContext
         try:
             with slicer.util.tryWithErrorDisplay(_("Registration failed; the scene was not changed.")):
-                if isinstance(job.error, CancelledError):
+                removed = fixedNode.GetScene() is None or movingNode.GetScene() is None  # scene closed
+                if isinstance(job.error, CancelledError) or removed:
                     self.ui.statusLabel.text = _("Cancelled; the scene was not changed.")
                     return
                 if job.error is not None:
                     raise job.error
-                if self._jobKind == "register":
+                if kind == "register":
                     glue.applyResult(slicer.mrmlScene, fixedNode, movingNode, job.result,
-                                     createResampledVolume=self._parameterNode.createResampledVolume)
+                                     createResampledVolume=createResampledVolume)
                     self.ui.resultLabel.text = glue.resultSummaryHtml(job.result)
                     self.ui.resultsCollapsibleButton.collapsed = False
                 else:
@@ -246,10 +252,14 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
 class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):
     """Console and batch API: ``register`` returns the result with its nodes and raises on failure."""
 
+    # Shared by every instance: engine settings are global in the core, so whichever logic configured
+    # BRAINSFit, its host runner must reach the queue the panel's timer serves and the panel's cancel.
+    mainThreadCalls = glue.MainThreadCalls()
+    cancelRequested = staticmethod(lambda: False)
+
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.mainThreadCalls = glue.MainThreadCalls()
-        self.cancelRequested = lambda: False
+        self._enginesConfigured = False
 
     def getParameterNode(self):
         return OneClickRegistrationParameterNode(super().getParameterNode())
@@ -278,7 +288,7 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):
                 "engine": auto(p.engine), "transform": p.transformType}
 
     def runCore(self, inputs, **options):
-        self.configureEngines()
+        """The core on images taken from nodes; safe in a worker thread (call configureEngines first)."""
         return self._register(inputs.fixed, inputs.moving, **inputs.registerKwargs(), **options)
 
     def judgeCore(self, inputs, transform):
@@ -289,21 +299,25 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):
     def _register(self, fixed, moving, **options):
         from OneClickRegistrationLib.pipeline import register
 
-        return register(fixed, moving, **options)
+        if threading.current_thread() is not threading.main_thread():  # the panel's worker
+            return register(fixed, moving, **options)
+        # Console/batch: the core's recovery threads may need the main thread (BRAINSFit), so the core
+        # runs in a worker while this thread serves it and keeps Slicer's events flowing.
+        return glue.runServingMainThread(lambda: register(fixed, moving, **options), self.mainThreadCalls,
+                                         idle=slicer.app.processEvents)
 
     def volumeMetadata(self, volumeNode):
         """Node attributes plus, for a volume loaded from DICOM, the tags modality detection reads."""
-        metadata = glue.nodeMetadata(volumeNode)
-        uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
-        database = getattr(slicer, "dicomDatabase", None)
-        if uids and database:
-            metadata.update({tag: database.instanceValue(uids[0], tag) for tag in DICOM_TAGS})
-        return {key: value for key, value in metadata.items() if value}
+        return glue.nodeMetadata(volumeNode, dicomDatabase=getattr(slicer, "dicomDatabase", None))
 
     def configureEngines(self):
-        """Point the core at the engines that Slicer extensions bundle (cheap, idempotent)."""
+        """Point the core at the engines Slicer extensions bundle (main thread; once per logic)."""
         from OneClickRegistrationLib.engines import configure_engine
         from OneClickRegistrationLib.engines.base import EngineSettings
+
+        if self._enginesConfigured:
+            return
+        self._enginesConfigured = True
 
         try:
             import Elastix  # SlicerElastix
@@ -320,7 +334,8 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):
         if hasattr(slicer.modules, "brainsfit"):
             configure_engine("brainsfit", EngineSettings(host_runner=self._brainsFitHostRunner))
 
-    def _brainsFitHostRunner(self, parameters):
+    @classmethod
+    def _brainsFitHostRunner(cls, parameters):
         from OneClickRegistrationLib.engines.brainsfit_engine import plan_host_call
 
         def startCli(params, wait=False):
@@ -331,8 +346,8 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):
         if threading.current_thread() is threading.main_thread():  # console and batch scripts
             glue.runCliWithTemporaryNodes(slicer.mrmlScene, plan, lambda params: startCli(params, True))
         else:  # the GUI's worker thread: MRML only on the main thread, the CLI polled from here
-            glue.runCliThroughMainThread(slicer.mrmlScene, plan, startCli, self.mainThreadCalls,
-                                         cancelRequested=self.cancelRequested)
+            glue.runCliThroughMainThread(slicer.mrmlScene, plan, startCli, cls.mainThreadCalls,
+                                         cancelRequested=cls.cancelRequested)
 
 
 class OneClickRegistrationTest(ScriptedLoadableModuleTest):

@@ -399,15 +399,30 @@ class SceneResult:
     table_row: int
 
 
-def nodeMetadata(volumeNode: Any) -> dict[str, str]:
-    """The node's attributes (e.g. ``DICOM.*`` ones) for modality detection; the name goes separately."""
+# DICOM tags modality detection reads: Modality, SeriesDescription, ProtocolName, SequenceName,
+# TR, TE, TI, ScanningSequence, SOPClassUID.
+DICOM_TAGS = ("0008,0060", "0008,103e", "0018,1030", "0018,0024", "0018,0080", "0018,0081", "0018,0082",
+              "0018,0020", "0008,0016")
+
+
+def nodeMetadata(volumeNode: Any, *, dicomDatabase: Any = None) -> dict[str, str]:
+    """What modality detection may read about a node (the name is passed separately).
+
+    The node's attributes, plus, for a volume loaded from DICOM (``DICOM.instanceUIDs`` attribute),
+    the :data:`DICOM_TAGS` of its first instance from ``dicomDatabase`` (Slicer's
+    ``slicer.dicomDatabase``: ``instanceValue(uid, "gggg,eeee")``). Empty values are left out.
+    """
     metadata: dict[str, str] = {}
     names = vtk.vtkStringArray()
     volumeNode.GetAttributeNames(names)
     for i in range(names.GetNumberOfValues()):
         key = names.GetValue(i)
         metadata[key] = volumeNode.GetAttribute(key) or ""
-    return metadata
+    uids = metadata.get("DICOM.instanceUIDs", "").split()
+    if uids and dicomDatabase is not None:
+        for tag in DICOM_TAGS:
+            metadata[tag] = str(dicomDatabase.instanceValue(uids[0], tag) or "").strip()
+    return {key: value for key, value in metadata.items() if value}
 
 
 def inputsFromNodes(fixedNode: Any, movingNode: Any) -> RegistrationInputs:
@@ -768,6 +783,26 @@ class BackgroundJob:
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
+
+
+def runServingMainThread(function: Callable[[], Any], calls: MainThreadCalls, *,
+                         idle: Callable[[], Any] | None = None, pollSeconds: float = 0.02) -> Any:
+    """Run ``function`` in a worker while this (main) thread serves ``calls``; return or raise its outcome.
+
+    For console and batch use: the core's recovery runs candidates in its own threads, and a BRAINSFit
+    run from any of them needs the main thread for MRML. ``idle`` (Slicer: ``slicer.app.processEvents``)
+    keeps the application's events flowing meanwhile, as ``slicer.cli.runSync`` itself does.
+    """
+    job = BackgroundJob(lambda progress, cancel: function()).start()
+    while not job.finished:
+        calls.runPending()
+        if idle is not None:
+            idle()
+        job.poll()
+        job.join(pollSeconds)
+    if job.error is not None:
+        raise job.error
+    return job.result
 
 
 VERDICT_WORDS = {

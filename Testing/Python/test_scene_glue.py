@@ -311,3 +311,28 @@ def test_background_job_hands_errors_and_cancel_to_the_main_thread():
     _wait(job)
     assert job.cancelRequested()
     assert job.result is None and isinstance(job.error, InputError)
+
+
+def test_node_metadata_feeds_modality_detection_with_dicom_tags(scene):
+    from OneClickRegistrationLib.modality import Modality, detect_modality
+
+    class DicomDatabaseStandIn:
+        """slicer.dicomDatabase (ctkDICOMDatabase) is not in the wheel; same lookup, fixed answers."""
+
+        def __init__(self, tags):
+            self.tags, self.asked = tags, []
+
+        def instanceValue(self, uid, tag):
+            self.asked.append(uid)
+            return self.tags.get(tag, "")
+
+    node = glue.addVolumeNodeFromImage(scene, make_image(np.eye(3), np.int16), "Series 3")
+    assert glue.nodeMetadata(node, dicomDatabase=DicomDatabaseStandIn({})) == {}  # not from DICOM
+    node.SetAttribute("DICOM.instanceUIDs", "1.2.3.4 1.2.3.5")
+    database = DicomDatabaseStandIn({"0008,0060": "MR", "0008,103e": "AX FLAIR FS ", "0018,0081": "120"})
+    metadata = glue.nodeMetadata(node, dicomDatabase=database)
+    assert metadata == {"DICOM.instanceUIDs": "1.2.3.4 1.2.3.5", "0008,0060": "MR",
+                        "0008,103e": "AX FLAIR FS", "0018,0081": "120"}
+    assert set(database.asked) == {"1.2.3.4"}
+    evidence = detect_modality(name=node.GetName(), metadata=metadata)
+    assert evidence.modality is Modality.FLAIR and evidence.source == "metadata"

@@ -49,8 +49,10 @@ def node_ids(scene) -> set[str]:
 class StandInBrainsFit:
     """Does to the scene what Slicer's BRAINSFit CLI module does (see the module docstring)."""
 
-    def __init__(self, scene, *, status: str = "Completed", error_text: str = "") -> None:
+    def __init__(self, scene, *, status: str = "Completed", error_text: str = "",
+                 transform: sitk.Transform | None = None) -> None:
         self.scene = scene
+        self.transform = transform if transform is not None else truth_transform()
         self.status = status
         self.error_text = error_text
         self.received: dict | None = None
@@ -62,7 +64,7 @@ class StandInBrainsFit:
         self.fixed_image = glue.imageFromVolumeNode(fixed_node, role="fixed")
         if self.status == "Completed":
             output = self.scene.GetNodeByID(parameters["linearTransform"])
-            glue.updateTransformNodeFromTransform(output, truth_transform())
+            glue.updateTransformNodeFromTransform(output, self.transform)
         # Slicer's CLI logic registers this node class; a bare scene has to be told about it.
         if not self.scene.IsNodeClassRegistered("vtkMRMLCommandLineModuleNode"):
             self.scene.RegisterNodeClass(slicer.vtkMRMLCommandLineModuleNode())
@@ -225,3 +227,63 @@ def test_main_thread_calls_hand_back_values_and_errors():
         thread.join(0.005)
     assert outcome["value"] == (threading.main_thread().name, 5)
     assert isinstance(outcome["error"], ZeroDivisionError)
+
+
+def test_serving_the_main_thread_lets_worker_pools_reach_it():
+    # Console/batch mode: the core runs in a worker and its recovery uses a thread pool; MRML calls
+    # from any of those threads must be run by the main thread, which is waiting in this call.
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls = glue.MainThreadCalls()
+
+    def core():
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            names = list(pool.map(lambda _: calls.call(lambda: threading.current_thread().name), range(4)))
+        return names
+
+    assert glue.runServingMainThread(core, calls, pollSeconds=0.001) == [threading.main_thread().name] * 4
+    with pytest.raises(EngineError, match="boom"):
+        glue.runServingMainThread(lambda: calls.call(lambda: (_ for _ in ()).throw(EngineError("boom"))),
+                                  calls)
+
+
+@pytest.mark.engine
+def test_console_registration_with_brainsfit_goes_through_the_host_runner():
+    # The whole console path with the BRAINSFit engine: pipeline in a worker, host runner, temporary
+    # nodes and file exchange on the main thread, result applied to the scene. The stand-in CLI writes
+    # the ground-truth transform, so the scene must end up holding it (up to file round-off).
+    import threading
+
+    from OneClickRegistrationLib import pipeline, synthetic
+    from OneClickRegistrationLib.engines import configure_engine, engine_settings
+
+    pair = synthetic.make_pair("T1", "T2", rotation_deg=(2.0, -3.0, 6.0), translation_mm=(5.0, -4.0, 2.0),
+                               coarsen=3.0, source="analytic", seed=6)
+    scene = slicer.vtkMRMLScene()
+    fixed = glue.addVolumeNodeFromImage(scene, pair.fixed, "T1")
+    moving = glue.addVolumeNodeFromImage(scene, pair.moving, "T2")
+    calls = glue.MainThreadCalls()
+    stand_in = StandInBrainsFit(scene, transform=pair.truth)
+    threads_seen: set[str] = set()
+
+    def start_cli(parameters):
+        threads_seen.add(threading.current_thread().name)
+        return stand_in(parameters)
+
+    saved = engine_settings("brainsfit")
+    configure_engine("brainsfit", EngineSettings(host_runner=lambda params: glue.runCliThroughMainThread(
+        scene, brainsfit_engine.plan_host_call(params), start_cli, calls, pollSeconds=0.005)))
+    try:
+        applied = glue.registerNodes(
+            fixed, moving, engine="brainsfit", recover=False,
+            register=lambda f, m, **o: glue.runServingMainThread(lambda: pipeline.register(f, m, **o), calls))
+    finally:
+        configure_engine("brainsfit", saved)
+    assert applied.result.engine == "brainsfit"
+    assert threads_seen == {threading.main_thread().name}
+    in_scene = glue.transformBetweenVolumes(fixed, moving.GetParentTransformNode())
+    error = synthetic.target_registration_error(in_scene, pair.truth, pair.brain_points)
+    assert error.max() < 1e-3
+    names = sorted(scene.GetNthNode(i).GetName() for i in range(scene.GetNumberOfNodes()))
+    assert not any(name.startswith("OneClickRegistration temporary") for name in names), names
