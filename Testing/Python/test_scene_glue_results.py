@@ -236,3 +236,22 @@ def test_summary_says_the_verdict_in_plain_words_and_escapes_text(truth_result):
     assert "Failed" in text and "do not use this result" in text
     assert "&lt;b&gt;no&lt;/b&gt;" in text and "<b>no</b>" not in text
     assert "Engine:" not in text  # a judged transform has no engine run
+
+
+def test_fixed_volume_under_a_transform_keeps_the_pair_aligned_in_world_coordinates(scene_with_pair, pair,
+                                                                                    truth_result):
+    scene, fixed, moving = scene_with_pair
+    parent = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "patient position")
+    shift = sitk.Euler3DTransform((0.0, 0.0, 0.0), 0.1, -0.2, 0.3, (10.0, -20.0, 5.0))
+    parent.SetMatrixTransformToParent(glue.vtkMatrixFromArray(glue.rasMatrixFromTransform(shift)))
+    fixed.SetAndObserveTransformNodeID(parent.GetID())
+    applied = glue.applyResult(scene, fixed, moving, truth_result)
+    assert applied.transform_node.GetTransformNodeID() == parent.GetID()
+    # A fixed voxel and the moving point the truth pairs it with land on the same world point.
+    fixed_to_world, moving_to_world = vtk.vtkGeneralTransform(), vtk.vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(parent, None, fixed_to_world)
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(applied.transform_node, None, moving_to_world)
+    for lps in pair.brain_points[:20]:
+        fixed_world = fixed_to_world.TransformPoint(*(F3 @ lps))
+        moving_world = moving_to_world.TransformPoint(*(F3 @ np.array(pair.truth.TransformPoint(lps))))
+        np.testing.assert_allclose(moving_world, fixed_world, atol=1e-6)
