@@ -265,12 +265,13 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):
         return OneClickRegistrationParameterNode(super().getParameterNode())
 
     def register(self, fixedNode, movingNode, *, createResampledVolume=False, showResult=True, **options):
-        """Register ``movingNode`` to ``fixedNode`` in the calling (main) thread.
+        """Register ``movingNode`` to ``fixedNode``; blocks until done (call from the main thread).
 
         ``options`` go to ``OneClickRegistrationLib.pipeline.register`` (engine, transform,
         fixed_modality, moving_modality, progress, cancel, timeout_s...). Returns a
         ``glue.SceneResult``: ``.result`` (transform, scores, verdict, ...), ``.transform_node``,
         ``.resampled_node``, ``.table_node``. Raises ``OneClickError``; on failure the scene is unchanged.
+        A ``progress``/``cancel`` callback is called from the worker thread the core runs in.
         """
         self.configureEngines()
         return glue.registerNodes(fixedNode, movingNode, register=self._register,
