@@ -45,16 +45,12 @@ def check_volume(image: sitk.Image, *, role: str = "image") -> sitk.Image:
             "Convert it to a single channel first."
         )
     if image.GetDimension() != 3:
-        raise InputError(
-            f"The {role} must be a 3D volume; received a {describe(image)}."
-        )
+        raise InputError(f"The {role} must be a 3D volume; received a {describe(image)}.")
     if 0 in image.GetSize():
         raise InputError(f"The {role} is empty (0 voxels): {describe(image)}.")
     spacing = image.GetSpacing()
     if not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise InputError(
-            f"The {role} must have positive, finite voxel spacing; received spacing {spacing}."
-        )
+        raise InputError(f"The {role} must have positive, finite voxel spacing; received spacing {spacing}.")
     direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
     if not np.all(np.isfinite(direction)) or abs(abs(np.linalg.det(direction)) - 1.0) > 1e-3:
         raise InputError(
@@ -86,8 +82,9 @@ def check_registrable(image: sitk.Image, *, role: str) -> sitk.Image:
     return image
 
 
-def read_image(path: str | os.PathLike[str], *, role: str = "image",
-               volume_index: int | None = None) -> sitk.Image:
+def read_image(
+    path: str | os.PathLike[str], *, role: str = "image", volume_index: int | None = None
+) -> sitk.Image:
     """Read a 3D scalar volume from ``path``.
 
     A 4D file needs ``volume_index`` (which 3D volume of it to use); the message says how many

@@ -124,8 +124,23 @@ def _build(fixed: Modality, moving: Modality) -> Preset:
 PRESETS: dict[tuple[Modality, Modality], Preset] = {pair: _build(*pair) for pair in _TABLE}
 
 
-def preset_for(fixed_modality: str | Modality, moving_modality: str | Modality, *,
-               transform: Literal["rigid", "affine"] | None = None) -> Preset:
+# The pyramid's shrink factors are written for a 1 mm fixed image; images of other resolutions get
+# factors that give the same physical voxel size per level (a 2.5 mm image is not shrunk 4x to 10 mm).
+REFERENCE_SPACING_MM = 1.0
+
+
+def level_shrink_factors(preset: Preset, fixed_spacing: tuple[float, ...]) -> tuple[int, ...]:
+    """Shrink factors per level adapted to the fixed image's finest spacing (never below 1)."""
+    finest = min(fixed_spacing)
+    return tuple(max(1, round(s * REFERENCE_SPACING_MM / finest)) for s in preset.shrink_factors)
+
+
+def preset_for(
+    fixed_modality: str | Modality,
+    moving_modality: str | Modality,
+    *,
+    transform: Literal["rigid", "affine"] | None = None,
+) -> Preset:
     """The preset for a (fixed, moving) pair; ``transform`` overrides rigid/affine."""
     preset = PRESETS[(parse_modality(fixed_modality), parse_modality(moving_modality))]
     if transform is not None and transform != preset.transform:

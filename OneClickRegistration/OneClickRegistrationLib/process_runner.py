@@ -53,8 +53,7 @@ def _kill_tree(process: subprocess.Popen[str]) -> None:
     if process.poll() is not None:
         return
     if sys.platform == "win32":  # pragma: no cover - exercised only on Windows Slicer
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)],
-                       capture_output=True, check=False)
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
         process.wait()
         return
     # The program runs in its own session, so its process group holds its whole tree.
@@ -160,8 +159,9 @@ def run_process(
 
 
 @contextmanager
-def engine_workdir(engine: str, *, keep_temp: bool = False,
-                   on_kept: Callable[[Path], None] | None = None) -> Iterator[Path]:
+def engine_workdir(
+    engine: str, *, keep_temp: bool = False, on_kept: Callable[[Path], None] | None = None
+) -> Iterator[Path]:
     """A fresh temporary folder for one engine run, removed afterwards unless ``keep_temp``.
 
     ``on_kept`` is told the folder's path when it is kept, so the caller can report it.
@@ -177,9 +177,13 @@ def engine_workdir(engine: str, *, keep_temp: bool = False,
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def find_executable(name: str, *, explicit: str | os.PathLike[str] | None = None,
-                    env_var: str | None = None,
-                    extra_dirs: Sequence[str | os.PathLike[str]] = ()) -> Path | None:
+def find_executable(
+    name: str,
+    *,
+    explicit: str | os.PathLike[str] | None = None,
+    env_var: str | None = None,
+    extra_dirs: Sequence[str | os.PathLike[str]] = (),
+) -> Path | None:
     """Locate an engine's executable: explicit path, then ``$env_var``, then ``extra_dirs``, then PATH.
 
     An explicit path or environment variable that points nowhere is an error, not a silent fallback:

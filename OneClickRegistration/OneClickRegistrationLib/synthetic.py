@@ -74,17 +74,23 @@ class Grid:
     direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
     @staticmethod
-    def centered(center: tuple[float, float, float], fov_mm: tuple[float, float, float],
-                 spacing: tuple[float, float, float],
-                 direction: tuple[float, ...] | None = None) -> Grid:
+    def centered(
+        center: tuple[float, float, float],
+        fov_mm: tuple[float, float, float],
+        spacing: tuple[float, float, float],
+        direction: tuple[float, ...] | None = None,
+    ) -> Grid:
         """A grid of the given field of view whose centre lies at ``center``."""
         d = np.eye(3) if direction is None else np.asarray(direction, dtype=float).reshape(3, 3)
         size = tuple(max(4, round(f / s)) for f, s in zip(fov_mm, spacing, strict=True))
         half = d @ ((np.asarray(size) - 1) * np.asarray(spacing) / 2.0)
         origin = np.asarray(center, dtype=float) - half
-        return Grid(size=size, spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
-                    origin=tuple(float(o) for o in origin),  # type: ignore[arg-type]
-                    direction=tuple(float(v) for v in d.ravel()))
+        return Grid(
+            size=size,
+            spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+            origin=tuple(float(o) for o in origin),  # type: ignore[arg-type]
+            direction=tuple(float(v) for v in d.ravel()),
+        )
 
     def image(self, pixel_id: int = sitk.sitkFloat32) -> sitk.Image:
         image = sitk.Image([int(s) for s in self.size], pixel_id)
@@ -138,9 +144,12 @@ def _reference_grid(bounds_min: np.ndarray, bounds_max: np.ndarray, resolution: 
 
 def _image_bounds(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     size = image.GetSize()
-    corners = [image.TransformContinuousIndexToPhysicalPoint([c[0] * (size[0] - 1), c[1] * (size[1] - 1),
-                                                              c[2] * (size[2] - 1)])
-               for c in np.ndindex(2, 2, 2)]
+    corners = [
+        image.TransformContinuousIndexToPhysicalPoint(
+            [c[0] * (size[0] - 1), c[1] * (size[1] - 1), c[2] * (size[2] - 1)]
+        )
+        for c in np.ndindex(2, 2, 2)
+    ]
     pts = np.asarray(corners)
     return pts.min(axis=0), pts.max(axis=0)
 
@@ -208,8 +217,9 @@ def make_subject(*, resolution_mm: float = 1.0, source: Source = "auto") -> Subj
     hull = sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(hull, [radius] * 3))
     hull_f = sitk.Cast(hull, sitk.sitkFloat32)
     csf_inside = sitk.Clamp(sitk.Subtract(hull_f, tissue), sitk.sitkFloat32, 0.0, 1.0)
-    distance = sitk.SignedMaurerDistanceMap(hull, insideIsPositive=False, squaredDistance=False,
-                                            useImageSpacing=True)
+    distance = sitk.SignedMaurerDistanceMap(
+        hull, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
+    )
     d = sitk.GetArrayFromImage(distance)
     shells: dict[str, np.ndarray] = {}
     inner = 0.0
@@ -258,9 +268,17 @@ def _bias_field(shape: tuple[int, ...], strength: float, rng: np.random.Generato
     return np.exp(log_field).astype(np.float32)
 
 
-def render(modality: str | Modality, grid: Grid, *, image_to_reference: sitk.Transform | None = None,
-           resolution_mm: float = 1.0, source: Source = "auto", noise: float = 0.02,
-           bias: float = 0.15, seed: int = 0) -> sitk.Image:
+def render(
+    modality: str | Modality,
+    grid: Grid,
+    *,
+    image_to_reference: sitk.Transform | None = None,
+    resolution_mm: float = 1.0,
+    source: Source = "auto",
+    noise: float = 0.02,
+    bias: float = 0.15,
+    seed: int = 0,
+) -> sitk.Image:
     """Image the synthetic head in ``modality`` on ``grid``.
 
     ``image_to_reference`` maps points of the new image to the head's reference space (None: the
@@ -276,8 +294,12 @@ def render(modality: str | Modality, grid: Grid, *, image_to_reference: sitk.Tra
     d = np.asarray(grid.direction).reshape(3, 3)
     first_voxel_corner = np.asarray(grid.origin) - d @ (np.asarray(grid.spacing) / 2.0)
     fine_origin = first_voxel_corner + d @ (np.asarray(fine_spacing) / 2.0)
-    fine = Grid(size=tuple(n * f for n, f in zip(grid.size, factors, strict=True)),  # type: ignore[arg-type]
-                spacing=fine_spacing, origin=tuple(fine_origin), direction=grid.direction)  # type: ignore[arg-type]
+    fine = Grid(
+        size=tuple(n * f for n, f in zip(grid.size, factors, strict=True)),  # type: ignore[arg-type]
+        spacing=fine_spacing,
+        origin=tuple(fine_origin),
+        direction=grid.direction,
+    )  # type: ignore[arg-type]
     air = CONTRAST[mod]["air"]
     transform = image_to_reference if image_to_reference is not None else sitk.Transform()
     sampled = sitk.Resample(contrast, fine.image(), transform, sitk.sitkLinear, air, sitk.sitkFloat32)
@@ -301,8 +323,11 @@ def render(modality: str | Modality, grid: Grid, *, image_to_reference: sitk.Tra
     return image
 
 
-def rigid_transform(rotation_deg: tuple[float, float, float], translation_mm: tuple[float, float, float],
-                    center: tuple[float, float, float]) -> sitk.Euler3DTransform:
+def rigid_transform(
+    rotation_deg: tuple[float, float, float],
+    translation_mm: tuple[float, float, float],
+    center: tuple[float, float, float],
+) -> sitk.Euler3DTransform:
     """A rigid transform rotating by ``rotation_deg`` (about x, y, z) around ``center``, then translating."""
     transform = sitk.Euler3DTransform()
     transform.SetCenter([float(c) for c in center])
@@ -311,9 +336,14 @@ def rigid_transform(rotation_deg: tuple[float, float, float], translation_mm: tu
     return transform
 
 
-def typical_grid(modality: str | Modality, center: tuple[float, float, float], *, coarsen: float = 1.0,
-                 direction: tuple[float, ...] | None = None,
-                 fov_mm: tuple[float, float, float] | None = None) -> Grid:
+def typical_grid(
+    modality: str | Modality,
+    center: tuple[float, float, float],
+    *,
+    coarsen: float = 1.0,
+    direction: tuple[float, ...] | None = None,
+    fov_mm: tuple[float, float, float] | None = None,
+) -> Grid:
     """A modality-typical grid centred on ``center``; ``coarsen`` > 1 scales the spacing (tests)."""
     mod = parse_modality(modality)
     spacing = tuple(s * coarsen for s in TYPICAL_SPACING[mod])
@@ -330,15 +360,22 @@ def brain_points(subject: Subject, *, count: int = 2000, seed: int = 0) -> np.nd
     return np.asarray([ref.TransformIndexToPhysicalPoint([int(i), int(j), int(k)]) for k, j, i in chosen])
 
 
-def make_pair(fixed_modality: str | Modality, moving_modality: str | Modality, *,
-              rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0),
-              translation_mm: tuple[float, float, float] = (0.0, 0.0, 0.0),
-              coarsen: float = 1.0, resolution_mm: float | None = None,
-              fixed_fov_mm: tuple[float, float, float] | None = None,
-              moving_fov_mm: tuple[float, float, float] | None = None,
-              moving_fov_shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0),
-              moving_direction: tuple[float, ...] | None = None,
-              noise: float = 0.02, seed: int = 0, source: Source = "auto") -> SyntheticPair:
+def make_pair(
+    fixed_modality: str | Modality,
+    moving_modality: str | Modality,
+    *,
+    rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    translation_mm: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    coarsen: float = 1.0,
+    resolution_mm: float | None = None,
+    fixed_fov_mm: tuple[float, float, float] | None = None,
+    moving_fov_mm: tuple[float, float, float] | None = None,
+    moving_fov_shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    moving_direction: tuple[float, ...] | None = None,
+    noise: float = 0.02,
+    seed: int = 0,
+    source: Source = "auto",
+) -> SyntheticPair:
     """A fixed/moving pair of one head with a known rigid misalignment.
 
     The moving head is the fixed head moved by ``truth`` (rotation about the head centre, then
@@ -352,20 +389,40 @@ def make_pair(fixed_modality: str | Modality, moving_modality: str | Modality, *
     truth = rigid_transform(rotation_deg, translation_mm, center)
     fixed_grid = typical_grid(fixed_mod, center, coarsen=coarsen, fov_mm=fixed_fov_mm)
     moved_center = tuple(np.asarray(truth.TransformPoint(center)) + np.asarray(moving_fov_shift_mm))
-    moving_grid = typical_grid(moving_mod, moved_center, coarsen=coarsen,  # type: ignore[arg-type]
-                               direction=moving_direction, fov_mm=moving_fov_mm)
+    moving_grid = typical_grid(
+        moving_mod,
+        moved_center,
+        coarsen=coarsen,  # type: ignore[arg-type]
+        direction=moving_direction,
+        fov_mm=moving_fov_mm,
+    )
     fixed = render(fixed_mod, fixed_grid, resolution_mm=res, source=source, noise=noise, seed=seed)
-    moving = render(moving_mod, moving_grid, image_to_reference=truth.GetInverse(), resolution_mm=res,
-                    source=source, noise=noise, seed=seed + 1)
-    return SyntheticPair(fixed=fixed, moving=moving, truth=truth,
-                         brain_points=brain_points(subject, count=2000, seed=seed),
-                         fixed_modality=fixed_mod, moving_modality=moving_mod)
+    moving = render(
+        moving_mod,
+        moving_grid,
+        image_to_reference=truth.GetInverse(),
+        resolution_mm=res,
+        source=source,
+        noise=noise,
+        seed=seed + 1,
+    )
+    return SyntheticPair(
+        fixed=fixed,
+        moving=moving,
+        truth=truth,
+        brain_points=brain_points(subject, count=2000, seed=seed),
+        fixed_modality=fixed_mod,
+        moving_modality=moving_mod,
+    )
 
 
-def target_registration_error(estimated: sitk.Transform, truth: sitk.Transform,
-                              points: np.ndarray) -> np.ndarray:
+def target_registration_error(
+    estimated: sitk.Transform, truth: sitk.Transform, points: np.ndarray
+) -> np.ndarray:
     """Per-point distance (mm) between where ``estimated`` and ``truth`` send each fixed point."""
-    return np.asarray([
-        np.linalg.norm(np.subtract(estimated.TransformPoint(tuple(p)), truth.TransformPoint(tuple(p))))
-        for p in np.asarray(points, dtype=float)
-    ])
+    return np.asarray(
+        [
+            np.linalg.norm(np.subtract(estimated.TransformPoint(tuple(p)), truth.TransformPoint(tuple(p))))
+            for p in np.asarray(points, dtype=float)
+        ]
+    )

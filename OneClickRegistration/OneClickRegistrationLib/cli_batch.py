@@ -1,0 +1,122 @@
+"""``oneclick-register batch PAIRS.csv -o DIR``: many pairs; one failed pair does not stop the rest.
+
+PAIRS.csv has a header with at least ``fixed`` and ``moving`` columns (paths, relative to the CSV's
+folder or absolute); optional ``name``, ``fixed_modality``, ``moving_modality``, ``engine``. Each pair's
+outputs go to ``DIR/<name>/``; ``DIR/summary.csv`` lists every pair with its status.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+
+from .cli_common import EXIT_OK, EXIT_SOME_FAILED, QuietParser, TerminalProgress, guarded, one_line
+from .cli_register import add_registration_options, register_files
+from .errors import InputError, OneClickError
+from .images import write_text
+
+SUMMARY_FIELDS = (
+    "name",
+    "fixed",
+    "moving",
+    "status",
+    "verdict",
+    "metric",
+    "score_before",
+    "score_after",
+    "engine",
+    "preset",
+    "elapsed_s",
+    "error",
+)
+
+
+def read_pairs(csv_path: Path) -> list[dict[str, str]]:
+    if not csv_path.is_file():
+        raise InputError(f"The pairs file does not exist: {str(csv_path)!r}.")
+    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise InputError(
+            f"The pairs file {str(csv_path)!r} has no rows; expected a header with 'fixed' and "
+            "'moving' columns and one row per pair."
+        )
+    missing = {"fixed", "moving"} - set(rows[0])
+    if missing:
+        raise InputError(
+            f"The pairs file {str(csv_path)!r} lacks the column(s) {sorted(missing)}; it has "
+            f"{sorted(rows[0])}."
+        )
+    return rows
+
+
+def _safe_name(text: str, index: int) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("._")
+    return cleaned or f"pair{index:03d}"
+
+
+def main(argv: list[str]) -> int:
+    parser = QuietParser(prog="oneclick-register batch", description=__doc__.split("\n\n")[0])
+    parser.add_argument("pairs", type=Path, metavar="PAIRS.csv")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="DIR")
+    add_registration_options(parser)
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        rows = read_pairs(args.pairs)
+        base = args.pairs.resolve().parent
+        summary: list[dict[str, object]] = []
+        used: set[str] = set()
+        for index, row in enumerate(rows, start=1):
+            name = _safe_name(row.get("name") or Path(row["moving"]).name.split(".")[0], index)
+            if name in used:
+                name = f"{name}_{index}"
+            used.add(name)
+            entry: dict[str, object] = {"name": name, "fixed": row["fixed"], "moving": row["moving"]}
+            label = f"[{index}/{len(rows)}] {name} "
+            try:
+                result = register_files(
+                    base / row["fixed"],
+                    base / row["moving"],
+                    args.output / name,
+                    fixed_modality=(row.get("fixed_modality") or None),
+                    moving_modality=(row.get("moving_modality") or None),
+                    engine=(row.get("engine") or args.engine),
+                    transform=args.transform,
+                    recover=not args.no_recover,
+                    timeout_s=args.timeout,
+                    keep_temp=args.keep_temp,
+                    progress=TerminalProgress(label, enabled=not args.quiet),
+                )
+            except OneClickError as exc:
+                entry.update(status="error", error=one_line(exc))
+                print(f"{label}FAILED: {one_line(exc)}", file=sys.stderr)
+            else:
+                entry.update(
+                    status="ok",
+                    verdict=result.verdict.label,
+                    metric=result.metric,
+                    score_before=result.score_before.value,
+                    score_after=result.score_after.value,
+                    engine=result.engine,
+                    preset=result.preset.name,
+                    elapsed_s=round(result.elapsed_s, 2),
+                )
+                print(f"{label}{result.verdict.label} ({result.metric.upper()} {result.score_after.value})")
+            summary.append(entry)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=SUMMARY_FIELDS)
+        writer.writeheader()
+        writer.writerows(summary)
+        write_text(buffer.getvalue(), args.output / "summary.csv")
+        failed = [str(e["name"]) for e in summary if e["status"] != "ok"]
+        print(
+            f"{len(summary) - len(failed)} of {len(summary)} pairs registered"
+            + (f"; failed: {', '.join(failed)}" if failed else "")
+            + f". Summary: {args.output / 'summary.csv'}"
+        )
+        return EXIT_SOME_FAILED if failed else EXIT_OK
+
+    return guarded(run)

@@ -1,0 +1,229 @@
+"""A plain verdict on a registration: ``good``, ``questionable`` or ``failed``, with reasons.
+
+A similarity value alone cannot be trusted across pairs or metrics, so the verdict combines
+evidence that can be:
+
+* the score's status and its gain over the starting (header) alignment;
+* the overlap: how much of the fixed head lies inside the moving image's domain;
+* head agreement: Dice of the two head masks after registration, counted inside the domain
+  intersection (so a partial field of view is not punished);
+* local optimality: small rigid perturbations (+/- 2 mm, +/- 2 degrees) of the result must not
+  improve the score. They are scored on a coarse copy of the fixed image, so this costs little.
+
+Every threshold lives in :data:`THRESHOLDS`, with the benchmark figures that justify it in the
+README ("Verdict thresholds").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import SimpleITK as sitk
+
+from .metrics import ScoreResult, score
+from .preparation import PreparedPair
+from .transforms import compose
+
+Label = Literal["good", "questionable", "failed"]
+
+
+@dataclass(frozen=True)
+class VerdictThresholds:
+    """Decision thresholds (tuned on ``Testing/Benchmarks/bench_verdict.py``)."""
+
+    overlap_failed: float = 0.30  # fixed head fraction inside the moving domain
+    overlap_questionable: float = 0.60
+    dice_failed: float = 0.75  # head-mask Dice inside the domain intersection
+    dice_questionable: float = 0.90
+    perturbation_mm: float = 2.0
+    perturbation_deg: float = 2.0
+    # A perturbation that raises the score by more than this share of |score| means the result is
+    # not a local optimum.
+    optimum_tolerance: float = 2e-3
+    coarse_spacing_mm: float = 2.0  # grid on which the perturbations are scored
+
+
+THRESHOLDS = VerdictThresholds()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    label: Label
+    reasons: tuple[str, ...]
+    evidence: Mapping[str, float | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"label": self.label, "reasons": list(self.reasons), "evidence": dict(self.evidence)}
+
+
+def _coarse(pair: PreparedPair, spacing_mm: float) -> tuple[sitk.Image, sitk.Image]:
+    fixed = pair.fixed
+    factors = [max(1.0, spacing_mm / s) for s in fixed.GetSpacing()]
+    if all(f == 1.0 for f in factors):
+        return fixed, pair.fixed_head
+    size = [max(4, round(n / f)) for n, f in zip(fixed.GetSize(), factors, strict=True)]
+    spacing = [s * n / m for s, n, m in zip(fixed.GetSpacing(), fixed.GetSize(), size, strict=True)]
+    reference = sitk.Image(size, sitk.sitkFloat32)
+    reference.SetSpacing(spacing)
+    reference.SetDirection(fixed.GetDirection())
+    # Keep the physical extent: the first voxel centre moves by half the size change.
+    d = np.asarray(fixed.GetDirection()).reshape(3, 3)
+    corner = np.asarray(fixed.GetOrigin()) - d @ (np.asarray(fixed.GetSpacing()) / 2)
+    reference.SetOrigin(tuple(corner + d @ (np.asarray(spacing) / 2)))
+    smooth = sitk.SmoothingRecursiveGaussian(fixed, [0.5 * s for s in spacing])
+    coarse = sitk.Resample(smooth, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    head = sitk.Resample(
+        pair.fixed_head, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
+    )
+    return coarse, head
+
+
+def _perturbations(center: tuple[float, float, float], mm: float, deg: float) -> list[sitk.Euler3DTransform]:
+    result = []
+    for axis in range(3):
+        for sign in (-1.0, 1.0):
+            shift = [0.0, 0.0, 0.0]
+            shift[axis] = sign * mm
+            t = sitk.Euler3DTransform()
+            t.SetCenter(center)
+            t.SetTranslation(shift)
+            result.append(t)
+            angles = [0.0, 0.0, 0.0]
+            angles[axis] = sign * math.radians(deg)
+            r = sitk.Euler3DTransform()
+            r.SetCenter(center)
+            r.SetRotation(*angles)
+            result.append(r)
+    return result
+
+
+def _head_center(fixed_head: sitk.Image, fixed: sitk.Image) -> tuple[float, float, float]:
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(fixed_head)
+    if stats.HasLabel(1):
+        return tuple(stats.GetCentroid(1))  # type: ignore[return-value]
+    size = fixed.GetSize()
+    return fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in size])  # type: ignore[return-value]
+
+
+def local_optimum_gain(
+    pair: PreparedPair, transform: sitk.Transform, metric: str, thresholds: VerdictThresholds = THRESHOLDS
+) -> float | None:
+    """Largest relative score gain of a small perturbation of ``transform`` (<= 0 at an optimum)."""
+    fixed, head = _coarse(pair, thresholds.coarse_spacing_mm)
+    base = score(fixed, pair.moving, transform=transform, metric=metric, fixed_mask=head)
+    if not base.ok or base.value is None:
+        return None
+    center = _head_center(head, fixed)
+    best = -math.inf
+    for perturbation in _perturbations(center, thresholds.perturbation_mm, thresholds.perturbation_deg):
+        trial = score(
+            fixed, pair.moving, transform=compose(perturbation, transform), metric=metric, fixed_mask=head
+        )
+        if trial.ok and trial.value is not None:
+            best = max(best, trial.value - base.value)
+    if best == -math.inf:
+        return None
+    return best / max(abs(base.value), 1e-6)
+
+
+def head_dice(pair: PreparedPair, transform: sitk.Transform) -> tuple[float | None, float]:
+    """Head-mask Dice inside the domain intersection, and the fixed-head share in the moving domain."""
+    fixed_head = sitk.GetArrayViewFromImage(pair.fixed_head) > 0
+    moved = sitk.Resample(
+        pair.moving_head, pair.fixed_head, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
+    )
+    ones = sitk.Image(pair.moving_head.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(pair.moving_head)
+    domain = (
+        sitk.GetArrayViewFromImage(
+            sitk.Resample(ones, pair.fixed_head, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        )
+        > 0
+    )
+    moving_head = sitk.GetArrayViewFromImage(moved) > 0
+    head_total = int(fixed_head.sum())
+    inside = fixed_head & domain
+    overlap = float(inside.sum()) / head_total if head_total else 0.0
+    denominator = int(inside.sum()) + int((moving_head & domain).sum())
+    if denominator == 0:
+        return None, overlap
+    return 2.0 * float((inside & moving_head).sum()) / denominator, overlap
+
+
+def judge(
+    pair: PreparedPair,
+    transform: sitk.Transform,
+    *,
+    metric: str,
+    score_before: ScoreResult,
+    score_after: ScoreResult,
+    thresholds: VerdictThresholds = THRESHOLDS,
+) -> Verdict:
+    """Combine the evidence into a verdict with reasons in plain words."""
+    failed: list[str] = []
+    doubtful: list[str] = []
+    dice, overlap = head_dice(pair, transform)
+    evidence: dict[str, float | None] = {
+        "head_dice": dice,
+        "head_overlap": overlap,
+        "score_after": score_after.value,
+        "score_before": score_before.value,
+    }
+    if not score_after.ok:
+        failed.append(f"The result cannot be scored: {score_after.message}")
+    if overlap < thresholds.overlap_failed:
+        failed.append(
+            f"Only {overlap:.0%} of the fixed head lies inside the moving image after registration "
+            f"(at least {thresholds.overlap_failed:.0%} expected)."
+        )
+    elif overlap < thresholds.overlap_questionable:
+        doubtful.append(
+            f"Only {overlap:.0%} of the fixed head lies inside the moving image "
+            f"({thresholds.overlap_questionable:.0%} or more is typical)."
+        )
+    if dice is None or dice < thresholds.dice_failed:
+        shown = "no" if dice is None else f"{dice:.2f}"
+        failed.append(
+            f"The two heads do not line up: head-mask Dice {shown} "
+            f"(at least {thresholds.dice_failed:.2f} expected)."
+        )
+    elif dice < thresholds.dice_questionable:
+        doubtful.append(
+            f"The head outlines agree only partly: Dice {dice:.2f} "
+            f"({thresholds.dice_questionable:.2f} or more when aligned)."
+        )
+    if (
+        score_after.ok
+        and score_before.ok
+        and score_after.value is not None
+        and score_before.value is not None
+    ):
+        gain = score_after.value - score_before.value
+        evidence["score_gain"] = gain
+        if gain < -1e-3 * max(abs(score_before.value), 1e-6):
+            doubtful.append(
+                f"The similarity got worse than the starting alignment ({score_before.value:.4f} -> "
+                f"{score_after.value:.4f})."
+            )
+    if score_after.ok and not failed:
+        gain_nearby = local_optimum_gain(pair, transform, metric, thresholds)
+        evidence["perturbation_gain"] = gain_nearby
+        if gain_nearby is not None and gain_nearby > thresholds.optimum_tolerance:
+            doubtful.append(
+                f"Not a local optimum: moving the result by {thresholds.perturbation_mm:g} mm or "
+                f"{thresholds.perturbation_deg:g} degrees improves the similarity by {gain_nearby:.2%}."
+            )
+    if failed:
+        return Verdict("failed", tuple(failed + doubtful), evidence)
+    if doubtful:
+        return Verdict("questionable", tuple(doubtful), evidence)
+    return Verdict(
+        "good",
+        ("The heads line up, the similarity is at a local optimum and the overlap is sufficient.",),
+        evidence,
+    )

@@ -1,0 +1,88 @@
+"""The command line: one pair, a batch with a bad pair, and the offline demo."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from OneClickRegistrationLib import synthetic
+from OneClickRegistrationLib.cli import main
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture(scope="module")
+def pair_files(tmp_path_factory: pytest.TempPathFactory, t1_ct_pair: synthetic.SyntheticPair) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("pair with space ü")
+    fixed = folder / "sub-01_T1w.nrrd"
+    moving = folder / "head CT (axial).nrrd"
+    sitk.WriteImage(t1_ct_pair.fixed, str(fixed))
+    sitk.WriteImage(t1_ct_pair.moving, str(moving))
+    return fixed, moving
+
+
+def test_register_writes_consistent_outputs(pair_files: tuple[Path, Path], tmp_path: Path,
+                                            t1_ct_pair: synthetic.SyntheticPair,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    fixed, moving = pair_files
+    out = tmp_path / "out"
+    assert main([str(fixed), str(moving), "-o", str(out), "--engine", "simpleitk", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    for key in ("fixed_modality", "moving_modality", "preset", "engine", "metric", "score_before",
+                "score_after", "elapsed_s", "verdict", "verdict_reasons", "attempts"):
+        assert key in report
+    assert (report["fixed_modality"], report["moving_modality"]) == ("T1", "CT")
+    transform = sitk.ReadTransform(str(out / "transform.tfm"))
+    errors = synthetic.target_registration_error(transform, t1_ct_pair.truth, t1_ct_pair.brain_points)
+    assert errors.mean() < 1.0
+    # applying transform.tfm to the moving image gives registered.nrrd back
+    registered = sitk.ReadImage(str(out / "registered.nrrd"))
+    again = sitk.Resample(sitk.ReadImage(str(moving)), sitk.ReadImage(str(fixed)), transform, sitk.sitkLinear, -1024.0)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(registered), atol=1)
+    assert registered.GetOrigin() == pytest.approx(t1_ct_pair.fixed.GetOrigin())
+    overlay = sitk.ReadImage(str(out / "overlay.png"))
+    assert overlay.GetNumberOfComponentsPerPixel() == 3 and min(overlay.GetSize()) > 50
+    assert not list(out.glob(".partial-*"))
+    assert "verdict" in capsys.readouterr().out
+
+
+def test_batch_reports_bad_pairs_and_completes_good_ones(pair_files: tuple[Path, Path], tmp_path: Path) -> None:
+    fixed, moving = pair_files
+    pairs = tmp_path / "pairs.csv"
+    with pairs.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", "fixed", "moving", "engine"])
+        writer.writerow(["good", str(fixed), str(moving), "simpleitk"])
+        writer.writerow(["missing", str(fixed), str(tmp_path / "nope.nrrd"), "simpleitk"])
+    out = tmp_path / "batch"
+    code = main(["batch", str(pairs), "-o", str(out), "--quiet", "--no-recover"])
+    assert code == 1  # some pairs failed
+    with (out / "summary.csv").open() as handle:
+        rows = {row["name"]: row for row in csv.DictReader(handle)}
+    assert rows["good"]["status"] == "ok" and (out / "good" / "transform.tfm").is_file()
+    assert rows["missing"]["status"] == "error" and "does not exist" in rows["missing"]["error"]
+
+
+def test_bad_input_is_one_line_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "OneClickRegistrationLib.cli", str(tmp_path / "a.nrrd"),
+                           str(tmp_path / "b.nrrd"), "-o", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
+
+
+def test_demo_runs_offline(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "OneClickRegistrationLib.cli", "demo", "--fast", "--quiet",
+                           "-o", str(tmp_path / "demo")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "True error" in proc.stdout and "verdict" in proc.stdout
+    mean_error = float(proc.stdout.split("mean ")[1].split(" mm")[0])
+    assert mean_error < 2.0
+    assert (tmp_path / "demo" / "overlay.png").is_file()
