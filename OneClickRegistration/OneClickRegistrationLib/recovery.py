@@ -162,15 +162,21 @@ def recover_best(
         result = score(pair.fixed, pair.moving, transform=found, metric=metric, fixed_mask=pair.fixed_head)
         return candidate, found, result, "", time.perf_counter() - t0
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for index, (candidate, found, result, error, elapsed) in enumerate(pool.map(attempt, candidates)):
-            progress(
-                (index + 1) / len(candidates), f"Candidate {index + 1}/{len(candidates)}: {candidate.start}"
-            )
+    if workers == 1:
+        outcomes = map(attempt, candidates)  # inline: no thread to reason about when there is no gain
+    else:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        outcomes = pool.map(attempt, candidates)
+    try:
+        for index, (candidate, found, result, error, elapsed) in enumerate(outcomes):
+            progress((index + 1) / len(candidates), f"Candidate {index + 1}/{len(candidates)}: {candidate.start}")
             value = result.value if result is not None and result.ok else None
             attempts.append(Attempt(candidate.engine, candidate.start, value, None, elapsed, error))
             if found is not None and value is not None and value > best[0]:
                 best = (value, found, result, candidate.engine, f"{candidate.engine} from {candidate.start}")
+    finally:
+        if workers > 1:
+            pool.shutdown(wait=True, cancel_futures=True)
     _, transform, best_score, engine, description = best
     if transform is first_transform:
         return RecoveryOutcome(
