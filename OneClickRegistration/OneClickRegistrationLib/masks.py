@@ -29,6 +29,7 @@ from .modality import Modality, parse_modality
 CT_AIR_THRESHOLD_HU = -500.0
 BACKGROUND_FRACTION = 0.1  # BET: threshold at p2 + 0.1 * (p98 - p2)
 CLOSING_MM = 4.0
+WORK_SPACING_MM = 2.0  # closing and filling run on about this grid (see _close_and_fill)
 _SAMPLE_TARGET = 1 << 18
 
 
@@ -55,13 +56,32 @@ def head_mask(image: sitk.Image, *, modality: str | Modality | None = None) -> s
     mask = sitk.GetImageFromArray(foreground)
     mask.CopyInformation(image)
     mask = _largest_component(mask)
-    radius = [round(CLOSING_MM / s) for s in image.GetSpacing()]
-    if any(radius):
-        mask = sitk.BinaryMorphologicalClosing(mask, radius, sitk.sitkBall, 1, True)
-    mask = sitk.BinaryFillhole(mask, False, 1)
+    mask = _close_and_fill(mask)
     mask = sitk.Cast(mask, sitk.sitkUInt8)
     mask.CopyInformation(image)
     return mask
+
+
+def _close_and_fill(mask: sitk.Image) -> sitk.Image:
+    """Closing and hole filling, done on a grid of about ``WORK_SPACING_MM`` for fine images.
+
+    A ball closing of radius ``CLOSING_MM`` at 1 mm costs seconds on a head volume; at 2 mm it costs
+    an eighth. The closed mask is brought back with nearest neighbour and joined with the fine mask,
+    so the boundary keeps full resolution wherever no gap was closed.
+    """
+    spacing = mask.GetSpacing()
+    factors = [max(1, min(n, int(WORK_SPACING_MM // s))) for n, s in zip(mask.GetSize(), spacing, strict=True)]
+    small = mask
+    if any(f > 1 for f in factors):
+        small = sitk.BinaryThreshold(sitk.BinShrink(sitk.Cast(mask, sitk.sitkFloat32), factors), 0.25, 2.0, 1, 0)
+    radius = [round(CLOSING_MM / s) for s in small.GetSpacing()]
+    if any(radius):
+        small = sitk.BinaryMorphologicalClosing(small, radius, sitk.sitkBall, 1, True)
+    small = sitk.BinaryFillhole(small, False, 1)
+    if small.GetSize() == mask.GetSize():
+        return small
+    back = sitk.Resample(small, mask, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.BinaryFillhole(sitk.Or(back, sitk.Cast(mask, sitk.sitkUInt8)), False, 1)
 
 
 def _finite_sample(values: np.ndarray) -> np.ndarray:
