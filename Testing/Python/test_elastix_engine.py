@@ -154,6 +154,7 @@ def test_pyramid_follows_physical_spacing_per_axis():
     assert p["MovingImagePyramidRescaleSchedule"] == (5, 5, 1, 2, 2, 1, 1, 1, 1)
     sigmas = request.preset.smoothing_sigmas_mm
     assert p["ImagePyramidSmoothingSchedule"] == tuple(float(s) for s in sigmas for _ in range(3))
+    assert p["MaximumStepLength"] == (4.0, 2.0, 1.0)  # each level's voxel size
 
 
 def test_spatial_samples_follow_fraction_within_limits():

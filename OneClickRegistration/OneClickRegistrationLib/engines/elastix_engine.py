@@ -194,6 +194,10 @@ def parameter_entries(request: EngineRequest) -> list[tuple[str, ParameterValues
         ("ComputePyramidImagesPerResolution", (True,)),
         ("Optimizer", ("AdaptiveStochasticGradientDescent",)),
         ("AutomaticParameterEstimation", (True,)),
+        # Largest voxel displacement per step, per level: the level's voxel size. elastix's default
+        # (the mean input spacing at every level) makes the coarse level crawl, and 25-degree starts
+        # then run out of iterations (bench_elastix_peers.py, README).
+        ("MaximumStepLength", tuple(float(t) for t in targets)),
         ("MaximumNumberOfIterations", tuple(int(n) for n in preset.iterations)),
         ("ImageSampler", ("RandomCoordinate",)),
         ("NumberOfSpatialSamples", samples),
@@ -306,8 +310,13 @@ def _single_matrix(parameters: Mapping[str, tuple[str | float, ...]]) -> np.ndar
     return to_matrix(similarity)
 
 
-def transform_matrix_from_parameter_file(path: str | os.PathLike[str], *, _depth: int = 0) -> np.ndarray:
-    """The 4x4 fixed->moving matrix of an elastix transform parameter file, initial transforms included."""
+def transform_matrix_from_parameter_file(path: str | os.PathLike[str], *, base: str | os.PathLike[str] | None = None,
+                                         _depth: int = 0) -> np.ndarray:
+    """The 4x4 fixed->moving matrix of an elastix transform parameter file, initial transforms included.
+
+    A relative initial-transform file name is looked up beside the file, then in ``base`` (the folder
+    elastix ran in, which is what elastix resolved it against).
+    """
     file = Path(path)
     if _depth > 16:
         raise EngineError(f"elastix's chain of initial transforms is too long (at {str(file)!r}).")
@@ -320,8 +329,9 @@ def transform_matrix_from_parameter_file(path: str | os.PathLike[str], *, _depth
         return current
     initial_path = Path(initial_name)
     if not initial_path.is_absolute():
-        initial_path = file.parent / initial_path
-    initial = transform_matrix_from_parameter_file(initial_path, _depth=_depth + 1)
+        beside = file.parent / initial_path
+        initial_path = beside if beside.is_file() or base is None else Path(base) / initial_path
+    initial = transform_matrix_from_parameter_file(initial_path, base=base, _depth=_depth + 1)
     how = str(parameters.get("HowToCombineTransforms", ("Compose",))[0])
     if how == "Compose":  # elastix applies the initial transform first
         return current @ initial
@@ -344,11 +354,15 @@ def flatten(matrix: np.ndarray, *, center: Sequence[float], rigid: bool) -> sitk
     return affine_from_matrix(matrix, tuple(float(c) for c in center))
 
 
-def transform_from_parameter_file(path: str | os.PathLike[str], *, rigid: bool) -> sitk.Transform:
-    """elastix's result file as one ITK fixed->moving transform, centred where elastix centred it."""
+def transform_from_parameter_file(path: str | os.PathLike[str], *, rigid: bool,
+                                  base: str | os.PathLike[str] | None = None) -> sitk.Transform:
+    """elastix's result file as one ITK fixed->moving transform, centred where elastix centred it.
+
+    ``base`` is the folder elastix ran in (relative file names in the result are resolved there).
+    """
     parameters = parse_parameters(Path(path).read_text(encoding="utf-8", errors="replace"))
     center = parameters.get("CenterOfRotationPoint", (0.0, 0.0, 0.0))
-    matrix = transform_matrix_from_parameter_file(path)
+    matrix = transform_matrix_from_parameter_file(path, base=base)
     if not np.all(np.isfinite(matrix)):
         raise EngineError(f"elastix returned a transform with non-finite values ({str(path)!r}).")
     return flatten(matrix, center=[float(c) for c in center], rigid=rigid)
@@ -527,7 +541,10 @@ class ElastixEngine:
 
             out_dir = work / "out"
             out_dir.mkdir()
-            command = [str(executable), *args, "-out", str(out_dir)]
+            # Every path is relative to the work folder elastix runs in: elastix 5.0 mangles an
+            # output folder whose path has a space ("a\ b/out/ does not exist"), and a quote in a
+            # path would break the file names it writes into its parameter files.
+            command = [str(executable), *args, "-out", "out"]
             try:
                 outcome = run_process(command, name="elastix", cwd=work, env=_library_env(executable),
                                       on_line=on_line, cancel=options.cancel, timeout_s=options.timeout_s)
@@ -540,17 +557,20 @@ class ElastixEngine:
                 raise self._failure(f"elastix exited normally but wrote no {RESULT_FILE}.", outcome.log,
                                     out_dir)
             report(options, 0.97, "elastix: reading the result")
-            transform = transform_from_parameter_file(result_file, rigid=request.transform_kind == "rigid")
+            transform = transform_from_parameter_file(result_file, rigid=request.transform_kind == "rigid",
+                                                      base=work)
             metric = _final_metric(outcome.log)
         report(options, 1.0, "elastix: done")
-        log = (f"$ {' '.join(shlex.quote(a) for a in command)}", *outcome.log)
+        log = (f"$ cd {shlex.quote(str(work))} && {' '.join(shlex.quote(a) for a in command)}", *outcome.log)
         return EngineOutput(transform=transform, log=log, engine_metric_value=metric,
                             kept_temp_dir=kept[0] if kept else None)
 
     def _write_inputs(self, request: EngineRequest, text: str, work: Path) -> list[str]:
-        # Uncompressed .mha: elastix reads it fastest, and the folder is deleted anyway.
+        # Uncompressed .mha: elastix reads it fastest, and the folder is deleted anyway. Names are
+        # relative to ``work``, where elastix runs (see ``run``).
         def image(img: sitk.Image, name: str) -> str:
-            return str(write_image(img, work / name, compress=False))
+            write_image(img, work / name, compress=False)
+            return name
 
         args = ["-f", image(to_float32(request.fixed), "fixed.mha"),
                 "-m", image(to_float32(request.moving), "moving.mha")]
@@ -562,8 +582,10 @@ class ElastixEngine:
                 args += [flag, image(binary, name)]
         if request.initial_transform is not None:
             initial = initial_transform_text(request.initial_transform, request.fixed)
-            args += ["-t0", str(write_text(initial, work / INITIAL_FILE))]
-        args += ["-p", str(write_text(text, work / "parameters.txt"))]
+            write_text(initial, work / INITIAL_FILE)
+            args += ["-t0", INITIAL_FILE]
+        write_text(text, work / "parameters.txt")
+        args += ["-p", "parameters.txt"]
         return args
 
     @staticmethod
