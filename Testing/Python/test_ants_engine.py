@@ -46,7 +46,7 @@ def test_rigid_mi_argument_list_is_what_slicerants_users_know():
         "--initial-moving-transform": "[/w/fixed.mha,/w/moving.mha,1]",  # moments: centre of mass
         "--transform": "Rigid[0.1]",
         "--metric": "MI[/w/fixed.mha,/w/moving.mha,1,32,Regular,0.1]",
-        "--convergence": "[200x100x50,1e-6,10]",
+        "--convergence": "[200x100x50,1e-5,10]",
         "--shrink-factors": "4x2x1",
         "--smoothing-sigmas": "2x1x0mm",
         "--verbose": "1",
@@ -62,7 +62,7 @@ def test_preset_numbers_reach_the_arguments():
                      winsorize=(0.01, 0.99))
     args = _args(preset)
     assert _values(args, "--metric") == ["MI[/w/fixed.mha,/w/moving.mha,1,48,Regular,0.25]"]
-    assert _values(args, "--convergence") == ["[300x30,1e-6,10]"]
+    assert _values(args, "--convergence") == ["[300x30,1e-5,10]"]
     assert _values(args, "--shrink-factors") == ["8x2"]
     assert _values(args, "--smoothing-sigmas") == ["3x0.5mm"]
     assert _values(args, "--winsorize-image-intensities") == ["[0.01,0.99]"]
@@ -114,7 +114,29 @@ def test_pyramid_follows_the_fixed_resolution():
     assert [lv.sigma_mm for lv in ae.ants_levels(preset, (2.5, 2.5, 2.5))] == [2.0, 1.0, 0.0]
 
 
+def test_sampling_share_is_bounded_by_sample_counts():
+    preset = preset_for("T1", "T2")  # 10% in the preset
+    small = ae.ants_levels(preset, (2.5, 2.5, 2.5))
+    assert ae.sampling_percentage(preset, (80, 96, 88), small) == pytest.approx(0.10)
+    # A 1 mm head: 10% would be a million samples on the fine level; lowered until the coarsest
+    # level (shrink 4) keeps its floor of samples.
+    real = ae.ants_levels(preset, ONE_MM)
+    share = ae.sampling_percentage(preset, (200, 240, 220), real)
+    coarse_voxels = 200 * 240 * 220 / 4**3
+    assert share * coarse_voxels == pytest.approx(ae.COARSE_SAMPLE_FLOOR)
+    assert 0.04 < share < 0.05
+    # A mask halves the samples ANTs keeps, so the share doubles (never above the preset's).
+    masked = ae.sampling_percentage(preset, (200, 240, 220), real, masked_share=0.5)
+    assert masked == pytest.approx(2 * share)
+    assert ae.sampling_percentage(preset, (200, 240, 220), real, masked_share=0.1) == pytest.approx(0.10)
+    args = ae.build_arguments(preset, FILES, transform_kind="rigid", levels=real, sampling_fraction=share)
+    assert _values(args, "--metric") == [f"MI[/w/fixed.mha,/w/moving.mha,1,32,Regular,{share:g}]"]
+
+
 def test_bad_inputs_are_refused_with_what_was_received():
+    with pytest.raises(InputError, match="sampling fraction"):
+        ae.build_arguments(preset_for("T1", "T2"), FILES, transform_kind="rigid",
+                           levels=ae.ants_levels(preset_for("T1", "T2"), ONE_MM), sampling_fraction=0.0)
     with pytest.raises(InputError, match="'similar'"):
         ae.stage_transforms("similar")
     with pytest.raises(InputError, match="one shrink factor"):
