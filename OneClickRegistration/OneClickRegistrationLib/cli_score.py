@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="FRACTION",
                         help="smallest overlap, as a fraction of the fixed domain, that gets a value "
                              f"(default: {metrics.DEFAULT_MIN_OVERLAP_FRACTION})")
+    parser.add_argument("--verdict", action="store_true",
+                        help="also judge the transform (good / questionable / failed, with reasons), the way "
+                             "registrations are judged: with the pair's preset metric on the prepared images")
+    parser.add_argument("--fixed-modality", type=str.upper, choices=["T1", "T2", "FLAIR", "CT", "MR"],
+                        help="fixed modality for --verdict (default: detected)")
+    parser.add_argument("--moving-modality", type=str.upper, choices=["T1", "T2", "FLAIR", "CT", "MR"],
+                        help="moving modality for --verdict (default: detected)")
     return parser
 
 
@@ -65,8 +72,25 @@ def compute(args: argparse.Namespace) -> dict[str, object]:
     moving_mask = _mask(args.moving_mask, "moving mask", moving, args.auto_mask)
     result = metrics.score(fixed, moving, transform=transform, metric=args.metric, fixed_mask=fixed_mask,
                            moving_mask=moving_mask, bins=args.bins, min_overlap_fraction=args.min_overlap)
+    judged: dict[str, object] = {}
+    if getattr(args, "verdict", False):
+        from .pipeline import judge_transform
+
+        judgement = judge_transform(fixed, moving, transform if transform is not None else sitk.Transform(),
+                                    fixed_modality=args.fixed_modality, moving_modality=args.moving_modality,
+                                    fixed_name=str(args.fixed), moving_name=str(args.moving))
+        judged = {
+            "verdict": judgement.verdict.label,
+            "verdict_reasons": list(judgement.verdict.reasons),
+            "verdict_evidence": dict(judgement.verdict.evidence),
+            "verdict_metric": judgement.metric,
+            "verdict_score_identity": judgement.score_before.value,
+            "verdict_score": judgement.score_after.value,
+            "preset": judgement.preset.name,
+        }
     return {
         **result.to_dict(),
+        **judged,
         "fixed": args.fixed,
         "moving": args.moving,
         "transform": args.transform,

@@ -86,3 +86,25 @@ def test_demo_runs_offline(tmp_path: Path) -> None:
     mean_error = float(proc.stdout.split("mean ")[1].split(" mm")[0])
     assert mean_error < 2.0
     assert (tmp_path / "demo" / "overlay.png").is_file()
+
+
+def test_score_verdict_flags_a_wrong_transform_and_accepts_the_truth(pair_files: tuple[Path, Path], tmp_path: Path,
+                                                                      t1_ct_pair: synthetic.SyntheticPair) -> None:
+    fixed, moving = pair_files
+    truth = tmp_path / "truth.tfm"
+    sitk.WriteTransform(t1_ct_pair.truth, str(truth))
+    center = synthetic.make_subject(resolution_mm=2.5).head_center
+    wrong = tmp_path / "wrong.tfm"
+    shifted = sitk.CompositeTransform([t1_ct_pair.truth, synthetic.rigid_transform((0, 0, 0), (15.0, 0, 0), center)])
+    sitk.WriteTransform(shifted, str(wrong))
+    verdicts = {}
+    for name, path in (("truth", truth), ("wrong", wrong)):
+        proc = subprocess.run([sys.executable, "-m", "OneClickRegistrationLib.cli", "score", str(fixed), str(moving),
+                               "--transform", str(path), "--metric", "nmi", "--verdict"],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        payload = json.loads(proc.stdout)
+        assert payload["verdict_reasons"]
+        verdicts[name] = payload["verdict"]
+    assert verdicts["truth"] == "good"
+    assert verdicts["wrong"] in ("questionable", "failed")
