@@ -121,11 +121,10 @@ def test_help_lists_the_options(capsys):
         assert option in text
 
 
-def test_parser_can_be_extended():
+def test_parser_has_the_verdict_options():
     parser = cli_score.build_parser()
-    parser.add_argument("--verdict", action="store_true")
-    args = parser.parse_args(["a.nii", "b.nii", "--verdict", "--metric", "mi"])
-    assert args.verdict and args.metric == "mi" and args.fixed == "a.nii"
+    args = parser.parse_args(["a.nii", "b.nii", "--verdict", "--metric", "mi", "--moving-modality", "ct"])
+    assert args.verdict and args.metric == "mi" and args.fixed == "a.nii" and args.moving_modality == "CT"
 
 
 def test_module_entry_point_in_a_subprocess(files):
