@@ -23,8 +23,9 @@ transform (ITK convention: fixed points -> moving points). Decisions, in the ord
 * **MI and NMI** come from a joint histogram with ``bins`` x ``bins`` cells (default 32). Each image
   is binned uniformly between the 0.5th and 99.5th percentiles of its own values over the overlap
   (values beyond are counted in the end bins), so a few extreme voxels do not squeeze the anatomy
-  into one bin. Percentiles come from a deterministic, evenly strided sample of the overlap (all of
-  it below ~65,000 voxels); if they coincide the sample's min/max, then the exact min/max are used.
+  into one bin. Percentiles come from a deterministic sample of the overlap, every k-th voxel along
+  each axis (65,000 to 520,000 voxels; all of them when the overlap is smaller); if the percentiles
+  coincide, the sample's min/max, then the exact min/max are used.
   MI = H(A) + H(B) - H(A,B) in nats; NMI = (H(A) + H(B)) / H(A,B) (Studholme), in [1, 2]. Values
   depend on ``bins``: compare scores only when they were computed with the same settings.
 
