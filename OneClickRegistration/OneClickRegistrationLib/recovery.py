@@ -34,8 +34,11 @@ from .verdict import THRESHOLDS, Verdict, _coarse, judge
 COARSE_SEARCH_SPACING_MM = 6.0
 SEARCH_ANGLES_DEG = (-90.0, -60.0, -30.0, 0.0, 30.0, 60.0, 90.0)
 STARTS_FROM_SEARCH = 3
+# Default budget: BUDGET_FACTOR times the first attempt, within [MIN_BUDGET_S, MAX_BUDGET_S]; a
+# clinician waits for one click, not for an open-ended search.
 MIN_BUDGET_S = 60.0
-BUDGET_FACTOR = 5.0  # default budget: this many times the first attempt, at least MIN_BUDGET_S
+MAX_BUDGET_S = 180.0
+BUDGET_FACTOR = 3.0
 
 
 @dataclass(frozen=True)
@@ -123,9 +126,8 @@ def recover_best(
     from .pipeline import Attempt, run_engine
 
     started = time.perf_counter()
-    budget = (
-        time_budget_s if time_budget_s is not None else max(MIN_BUDGET_S, BUDGET_FACTOR * first_elapsed_s)
-    )
+    default_budget = min(MAX_BUDGET_S, max(MIN_BUDGET_S, BUDGET_FACTOR * first_elapsed_s))
+    budget = time_budget_s if time_budget_s is not None else default_budget
     base = initial_alignment(pair, preset.initialization)
     progress(0.0, "Searching rotations on a coarse grid")
     candidates = _candidates(pair, preset, first_engine, forced_engine, base)
