@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import NoReturn
 
@@ -113,7 +114,10 @@ def main(argv: list[str]) -> int:
         return _fail(str(exc))
     except (RuntimeError, OSError) as exc:  # ITK or the file system refused something the checks let through
         return _fail(f"{type(exc).__name__}: {exc}")
-    print(json.dumps(payload, indent=2))
+    try:
+        print(json.dumps(payload, indent=2), flush=True)
+    except BrokenPipeError:  # the reader went away (``| head``): not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

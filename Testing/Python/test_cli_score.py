@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,18 @@ def test_subprocess_failure_has_no_traceback(files):
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1 and "3D volume" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_closed_output_pipe_is_not_a_traceback(files):
+    # A pipe whose reader is already gone, as with "| head -1" once head has its line.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "OneClickRegistrationLib.cli", "score", str(files["fixed"]),
+             str(files["moving"])],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120, check=False)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
