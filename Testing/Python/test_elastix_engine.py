@@ -110,6 +110,19 @@ def test_masks_turn_off_mask_erosion():
         assert _params(_request(**kwargs))["ErodeMask"] == ("false",)
 
 
+def test_mask_on_a_finer_grid_counts_fixed_voxels():
+    # The mask covers half the fixed image (z < 0 of 44 slices) on a grid twice as fine: 42240 fixed
+    # voxels, so the coarse level (shrink 2) draws 50% of 42240 / 8 = 2640 samples.
+    fixed = _image()
+    mask = sitk.Image([80, 96, 44], sitk.sitkUInt8) + 1
+    mask.SetSpacing((1.25, 1.25, 1.25))
+    mask.SetOrigin(fixed.GetOrigin())
+    preset = replace(preset_for("T1", "T2"), sampling_fraction=0.5)
+    p = _params(_request(fixed=fixed, preset=preset, fixed_mask=mask))
+    assert p["NumberOfSpatialSamples"][0] == 2640.0
+    assert _params(_request(fixed=fixed, preset=preset))["NumberOfSpatialSamples"][0] == 5280.0
+
+
 def test_initialization_entries():
     geometry = replace(preset_for("T1", "T2"), initialization="geometry")
     p = _params(_request(preset=geometry))
@@ -149,12 +162,30 @@ def test_pyramid_follows_physical_spacing_per_axis():
     assert pyramid_schedule((1.0, 1.0, 1.0), (4.0, 2.0, 1.0)) == ((4, 4, 4), (2, 2, 2), (1, 1, 1))
     assert pyramid_schedule((0.8, 0.8, 5.0), (4.0, 2.0, 1.0)) == ((5, 5, 1), (2, 2, 1), (1, 1, 1))
     request = _request(fixed=_image(spacing=(1.0, 1.0, 1.0)), moving=_image(spacing=(0.8, 0.8, 5.0)))
+    assert request.preset.shrink_factors == (4, 2, 1) and request.preset.smoothing_sigmas_mm == (2.0, 1.0, 0.0)
     p = _params(request)
-    assert p["FixedImagePyramidRescaleSchedule"] == (4, 4, 4, 2, 2, 2, 1, 1, 1)
-    assert p["MovingImagePyramidRescaleSchedule"] == (5, 5, 1, 2, 2, 1, 1, 1, 1)
+    # The preset's sigmas are ITK's pyramid rule at 1 mm (half the level's voxel size), so the fast
+    # recursive pyramid gives exactly them.
+    assert p["FixedImagePyramid"] == ("FixedRecursiveImagePyramid",)
+    assert p["FixedImagePyramidSchedule"] == (4, 4, 4, 2, 2, 2, 1, 1, 1)
+    assert p["MovingImagePyramidSchedule"] == (5, 5, 1, 2, 2, 1, 1, 1, 1)
+    assert "ImagePyramidSmoothingSchedule" not in p
+    assert p["MaximumStepLength"] == (4.0, 2.0, 1.0)  # each level's voxel size
+
+
+def test_other_sigmas_use_the_generic_pyramid():
+    # At 2.5 mm the levels are 5/2.5/2.5 mm: ITK's rule would smooth 2.5/0/0 mm, not the preset's
+    # 2/1/0, so the generic pyramid takes the sigmas as given (in mm).
+    request = _request()
+    p = _params(request)
+    assert p["FixedImagePyramid"] == ("FixedGenericImagePyramid",)
+    assert p["FixedImagePyramidRescaleSchedule"] == (2, 2, 2, 1, 1, 1, 1, 1, 1)
+    assert p["MovingImagePyramidRescaleSchedule"] == (2, 2, 1, 1, 1, 1, 1, 1, 1)
     sigmas = request.preset.smoothing_sigmas_mm
     assert p["ImagePyramidSmoothingSchedule"] == tuple(float(s) for s in sigmas for _ in range(3))
-    assert p["MaximumStepLength"] == (4.0, 2.0, 1.0)  # each level's voxel size
+    custom = replace(request.preset, smoothing_sigmas_mm=(3.0, 1.5, 0.5))
+    one_mm = _request(fixed=_image(spacing=(1.0, 1.0, 1.0)), preset=custom)
+    assert _params(one_mm)["ImagePyramidSmoothingSchedule"] == (3.0, 3.0, 3.0, 1.5, 1.5, 1.5, 0.5, 0.5, 0.5)
 
 
 def test_spatial_samples_follow_fraction_within_limits():

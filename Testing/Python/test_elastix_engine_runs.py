@@ -16,7 +16,7 @@ import SimpleITK as sitk
 
 from OneClickRegistrationLib import synthetic
 from OneClickRegistrationLib.engines.base import EngineRequest, EngineSettings, RunOptions
-from OneClickRegistrationLib.engines.elastix_engine import ElastixEngine
+from OneClickRegistrationLib.engines.elastix_engine import ElastixEngine, parameter_text
 from OneClickRegistrationLib.errors import CancelledError, EngineError, EngineTimeoutError
 from OneClickRegistrationLib.presets import preset_for
 
@@ -104,9 +104,12 @@ def test_recovers_rigid_ct_to_t1_from_a_centered_initializer(ct_pair, private_te
     assert _leftovers(private_tempdir) == []
 
 
-def test_recovers_with_elastix_geometric_centre_start(t2_pair):
-    preset = replace(preset_for("T1", "T2"), initialization="geometry")
-    output = _engine().run(_request(t2_pair, preset=preset), RunOptions())
+def test_recovers_with_elastix_geometric_centre_start_and_recursive_pyramid(t2_pair):
+    # Sigmas following ITK's pyramid rule at 2.5 mm (levels 5/2.5/2.5 mm) select the recursive pyramid.
+    preset = replace(preset_for("T1", "T2"), initialization="geometry", smoothing_sigmas_mm=(2.5, 0.0, 0.0))
+    request = _request(t2_pair, preset=preset)
+    assert '(FixedImagePyramid "FixedRecursiveImagePyramid")' in parameter_text(request)
+    output = _engine().run(request, RunOptions())
     assert "-t0" not in output.log[0]
     assert _tre(output.transform, t2_pair) < 1.0
 
