@@ -7,6 +7,7 @@ outputs go to ``DIR/<name>/``; ``DIR/summary.csv`` lists every pair with its sta
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import sys
@@ -36,8 +37,15 @@ SUMMARY_FIELDS = (
 def read_pairs(csv_path: Path) -> list[dict[str, str]]:
     if not csv_path.is_file():
         raise InputError(f"The pairs file does not exist: {str(csv_path)!r}.")
-    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"The pairs file {str(csv_path)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV."
+        ) from None
+    except (OSError, csv.Error) as exc:
+        raise InputError(f"Cannot read the pairs file {str(csv_path)!r} as CSV: {exc}.") from None
     if not rows:
         raise InputError(
             f"The pairs file {str(csv_path)!r} has no rows; expected a header with 'fixed' and "
@@ -67,50 +75,23 @@ def main(argv: list[str]) -> int:
     def run() -> int:
         rows = read_pairs(args.pairs)
         base = args.pairs.resolve().parent
-        summary: list[dict[str, object]] = []
         used: set[str] = set()
+        summary: list[dict[str, object]] = []
         for index, row in enumerate(rows, start=1):
-            name = _safe_name(row.get("name") or Path(row["moving"]).name.split(".")[0], index)
+            fixed, moving = (row.get("fixed") or "").strip(), (row.get("moving") or "").strip()
+            name = _safe_name(row.get("name") or Path(moving).name.split(".")[0], index)
             if name in used:
                 name = f"{name}_{index}"
             used.add(name)
-            entry: dict[str, object] = {"name": name, "fixed": row["fixed"], "moving": row["moving"]}
-            label = f"[{index}/{len(rows)}] {name} "
-            try:
-                result = register_files(
-                    base / row["fixed"],
-                    base / row["moving"],
-                    args.output / name,
-                    fixed_modality=(row.get("fixed_modality") or None),
-                    moving_modality=(row.get("moving_modality") or None),
-                    engine=(row.get("engine") or args.engine),
-                    transform=args.transform,
-                    recover=not args.no_recover,
-                    timeout_s=args.timeout,
-                    keep_temp=args.keep_temp,
-                    progress=TerminalProgress(label, enabled=not args.quiet),
-                )
-            except OneClickError as exc:
-                entry.update(status="error", error=one_line(exc))
-                print(f"{label}FAILED: {one_line(exc)}", file=sys.stderr)
-            else:
-                entry.update(
-                    status="ok",
-                    verdict=result.verdict.label,
-                    metric=result.metric,
-                    score_before=result.score_before.value,
-                    score_after=result.score_after.value,
-                    engine=result.engine,
-                    preset=result.preset.name,
-                    elapsed_s=round(result.elapsed_s, 2),
-                )
-                print(f"{label}{result.verdict.label} ({result.metric.upper()} {result.score_after.value})")
-            summary.append(entry)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=SUMMARY_FIELDS)
-        writer.writeheader()
-        writer.writerows(summary)
-        write_text(buffer.getvalue(), args.output / "summary.csv")
+            summary.append({"name": name, "fixed": fixed, "moving": moving, "status": "not run"})
+        try:
+            _run_pairs(args, rows, summary, base)
+        finally:  # also on Ctrl-C: the summary says which pairs were done, interrupted or not run
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=SUMMARY_FIELDS)
+            writer.writeheader()
+            writer.writerows(summary)
+            write_text(buffer.getvalue(), args.output / "summary.csv")
         failed = [str(e["name"]) for e in summary if e["status"] != "ok"]
         print(
             f"{len(summary) - len(failed)} of {len(summary)} pairs registered"
@@ -120,3 +101,45 @@ def main(argv: list[str]) -> int:
         return EXIT_SOME_FAILED if failed else EXIT_OK
 
     return guarded(run)
+
+
+def _run_pairs(args: argparse.Namespace, rows: list[dict[str, str]], entries: list[dict[str, object]],
+               base: Path) -> None:
+    """Register each pair in turn, recording its outcome in its entry; a failed pair does not stop the rest."""
+    for index, (row, entry) in enumerate(zip(rows, entries, strict=True), start=1):
+        name = str(entry["name"])
+        label = f"[{index}/{len(rows)}] {name} "
+        entry["status"] = "interrupted"
+        try:
+            for column in ("fixed", "moving"):
+                if not entry[column]:
+                    # index + 1: the header is the file's first row
+                    raise InputError(f"The pairs file's row {index + 1} has no {column} image path.")
+            result = register_files(
+                base / str(entry["fixed"]),
+                base / str(entry["moving"]),
+                args.output / name,
+                fixed_modality=(row.get("fixed_modality") or None),
+                moving_modality=(row.get("moving_modality") or None),
+                engine=(row.get("engine") or args.engine),
+                transform=args.transform,
+                recover=not args.no_recover,
+                timeout_s=args.timeout,
+                keep_temp=args.keep_temp,
+                progress=TerminalProgress(label, enabled=not args.quiet),
+            )
+        except OneClickError as exc:
+            entry.update(status="error", error=one_line(exc))
+            print(f"{label}FAILED: {one_line(exc)}", file=sys.stderr)
+        else:
+            entry.update(
+                status="ok",
+                verdict=result.verdict.label,
+                metric=result.metric,
+                score_before=result.score_before.value,
+                score_after=result.score_after.value,
+                engine=result.engine,
+                preset=result.preset.name,
+                elapsed_s=round(result.elapsed_s, 2),
+            )
+            print(f"{label}{result.verdict.label} ({result.metric.upper()} {result.score_after.value})")

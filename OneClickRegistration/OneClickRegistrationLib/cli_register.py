@@ -66,8 +66,10 @@ def register_files(
     progress: TerminalProgress | None = None,
 ) -> RegistrationResult:
     """Read two files, register them and write the outputs (used by the single and batch commands)."""
-    fixed = read_image(fixed_path, role="fixed", volume_index=fixed_volume_index)
-    moving = read_image(moving_path, role="moving", volume_index=moving_volume_index)
+    fixed = read_image(fixed_path, role="fixed image", volume_index=fixed_volume_index,
+                       index_option="--fixed-volume-index")
+    moving = read_image(moving_path, role="moving image", volume_index=moving_volume_index,
+                        index_option="--moving-volume-index")
     result = register(
         fixed,
         moving,

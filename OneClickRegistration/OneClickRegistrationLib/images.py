@@ -7,10 +7,14 @@ folder and renamed into place, so a failure never leaves a half-written file und
 
 from __future__ import annotations
 
+import gzip
 import os
+import shutil
+import struct
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +48,12 @@ def check_volume(image: sitk.Image, *, role: str = "image") -> sitk.Image:
             f"with {image.GetNumberOfComponentsPerPixel()} components ({describe(image)}). "
             "Convert it to a single channel first."
         )
+    if image.GetDimension() == 4:
+        count = image.GetSize()[3]
+        raise InputError(
+            f"The {role} is a 4D image with {count} volumes; expected a 3D volume. Extract one first "
+            f"(image[:, :, :, i] with i in 0..{count - 1}): {describe(image)}."
+        )
     if image.GetDimension() != 3:
         raise InputError(f"The {role} must be a 3D volume; received a {describe(image)}.")
     if 0 in image.GetSize():
@@ -76,19 +86,25 @@ def check_registrable(image: sitk.Image, *, role: str) -> sitk.Image:
     sample = values[finite] if finite is not None else values
     if sample.min() == sample.max():
         raise InputError(
-            f"The {role} is constant (every voxel is {sample.min()!r}); a registration needs "
+            f"The {role} is constant (every voxel is {sample.min().item()!r}); a registration needs "
             "intensity structure to align."
         )
     return image
 
 
 def read_image(
-    path: str | os.PathLike[str], *, role: str = "image", volume_index: int | None = None
+    path: str | os.PathLike[str],
+    *,
+    role: str = "image",
+    volume_index: int | None = None,
+    index_option: str = "volume_index",
 ) -> sitk.Image:
     """Read a 3D scalar volume from ``path``.
 
     A 4D file needs ``volume_index`` (which 3D volume of it to use); the message says how many
-    there are. Raises :class:`InputError` for anything that is not a readable 3D scalar volume.
+    there are. ``index_option`` is how the caller's user spells that option in messages (the command
+    line says ``--moving-volume-index``). Raises :class:`InputError` for anything that is not a
+    readable 3D scalar volume.
     """
     file = Path(path)
     if not file.exists():
@@ -96,32 +112,97 @@ def read_image(
     if file.is_dir():
         raise InputError(f"The {role} path is a folder, expected an image file: {str(file)!r}.")
     try:
-        image = sitk.ReadImage(str(file))
+        image = _read_with_itk(file)
     except RuntimeError as exc:
         first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
         raise InputError(
             f"Cannot read the {role} file {str(file)!r} as an image (expected NRRD, NIfTI, MHA or "
             f"another format ITK reads): {first_line}"
         ) from None
+    image = _with_nifti_nonfinite(file, image)
     if image.GetDimension() == 4:
         count = image.GetSize()[3]
         if volume_index is None:
             raise InputError(
                 f"The {role} file {str(file)!r} is a 4D image with {count} volumes; expected a 3D "
-                f"volume. Choose one with volume_index (0..{count - 1})."
+                f"volume. Choose one with {index_option} (0..{count - 1})."
             )
         if not 0 <= volume_index < count:
             raise InputError(
-                f"volume_index {volume_index} is out of range for the {role} file, which has "
+                f"{index_option} {volume_index} is out of range for the {role} file, which has "
                 f"{count} volumes (0..{count - 1})."
             )
         size = [*image.GetSize()[:3], 0]
         image = sitk.Extract(image, size, [0, 0, 0, volume_index])
     elif volume_index not in (None, 0):
         raise InputError(
-            f"volume_index {volume_index} was given but the {role} file is not 4D ({describe(image)})."
+            f"{index_option} {volume_index} was given but the {role} file is not 4D ({describe(image)})."
         )
     return check_volume(image, role=f"{role} ({file.name})")
+
+
+def _read_with_itk(file: Path) -> sitk.Image:
+    if file.name.lower().endswith(".nii.gz") and file.with_name(file.name[:-3]).exists():
+        # Asked for "x.nii.gz", ITK's NIfTI library reads the voxels of "x.nii" when that file exists
+        # beside it (measured with SimpleITK 2.5: the other file's data under this file's header).
+        # Read through a link in a folder where it has no such neighbour.
+        with tempfile.TemporaryDirectory(prefix="oneclickreg-read-") as folder:
+            link = Path(folder) / "image.nii.gz"
+            try:
+                link.symlink_to(file.resolve())
+            except OSError:
+                shutil.copyfile(file, link)
+            return sitk.ReadImage(str(link))
+    return sitk.ReadImage(str(file))
+
+
+_NIFTI1_HEADER_BYTES = 348
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64
+
+
+def _with_nifti_nonfinite(file: Path, image: sitk.Image) -> sitk.Image:
+    """``image`` with the NaN/Inf voxels of a float NIfTI-1 file put back.
+
+    ITK's NIfTI reader (nifti1_io's ``nifti_read_buffer``) silently turns every NaN and Inf of a float
+    file into 0, which for CT is water, not background: the pipeline must see them as non-finite to
+    treat them as background. The voxels are re-read from the file with numpy to find them. Anything
+    this does not recognise (NIfTI-2, other layouts) is returned as ITK read it.
+    """
+    name = file.name.lower()
+    if not name.endswith((".nii", ".nii.gz")) or image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+        return image
+    opener = gzip.open if name.endswith(".gz") else open
+    try:
+        with opener(file, "rb") as handle:
+            header = handle.read(_NIFTI1_HEADER_BYTES)
+            order = next((o for o in "<>" if len(header) == _NIFTI1_HEADER_BYTES
+                          and struct.unpack(f"{o}i", header[:4])[0] == _NIFTI1_HEADER_BYTES), None)
+            if order is None:
+                return image
+            dims = struct.unpack(f"{order}8h", header[40:56])
+            kind = _NIFTI_FLOAT_TYPES.get(struct.unpack(f"{order}h", header[70:72])[0])
+            offset = int(struct.unpack(f"{order}f", header[108:112])[0])
+            shape = tuple(reversed(dims[1:1 + dims[0]])) if 1 <= dims[0] <= 7 else ()
+            if kind is None or tuple(reversed(image.GetSize())) != shape[-image.GetDimension():] \
+                    or int(np.prod(shape)) != image.GetNumberOfPixels():
+                return image
+            handle.seek(offset)
+            raw = handle.read(image.GetNumberOfPixels() * np.dtype(kind).itemsize)
+    except (OSError, EOFError, struct.error):
+        return image
+    if len(raw) != image.GetNumberOfPixels() * np.dtype(kind).itemsize:
+        return image
+    stored = np.frombuffer(raw, dtype=f"{order}{kind}").reshape(tuple(reversed(image.GetSize())))
+    bad = ~np.isfinite(stored)
+    if not bad.any():
+        return image
+    values = sitk.GetArrayFromImage(image)
+    values[bad] = stored[bad]
+    restored = sitk.GetImageFromArray(values, isVector=False)
+    restored.CopyInformation(image)
+    for key in image.GetMetaDataKeys():
+        restored.SetMetaData(key, image.GetMetaData(key))
+    return restored
 
 
 def to_float32(image: sitk.Image) -> sitk.Image:
@@ -136,34 +217,91 @@ def _partial_name(final: Path) -> Path:
     return final.with_name(f".partial-{uuid.uuid4().hex[:8]}-{final.name}")
 
 
+class _UnfaithfulWriteError(RuntimeError):
+    """A file that was written completely but does not hold what was asked (a format's limits)."""
+
+
+def _write_error(target: Path, exc: BaseException) -> InputError:
+    if isinstance(exc, _UnfaithfulWriteError):
+        return InputError(f"Cannot write {str(target)!r}: {exc} Choose another format (NRRD or MHA keep "
+                          "every geometry and pixel type).")
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+    else:
+        text = str(exc).strip()
+        reason = text.splitlines()[-1].removeprefix("Reason: ") if text else type(exc).__name__
+    return InputError(
+        f"Cannot write {str(target)!r}: {reason}. Expected a writable folder with free space "
+        f"({str(target.parent)!r})."
+    )
+
+
 @contextmanager
 def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; rename it to ``final`` only if the body succeeds."""
+    """Yield a temporary path beside ``final``; rename it to ``final`` only if the body succeeds.
+
+    A body that fails with ``OSError`` or ITK's ``RuntimeError`` (full disk, read-only or missing
+    folder) becomes an :class:`InputError` naming the file; the partial file is always removed.
+    """
     target = Path(final)
-    target.parent.mkdir(parents=True, exist_ok=True)
     partial = _partial_name(target)
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         yield partial
         os.replace(partial, target)
+    except (OSError, RuntimeError) as exc:
+        raise _write_error(target, exc) from None
     finally:
-        if partial.exists():
-            partial.unlink()
+        with suppress(OSError):
+            partial.unlink(missing_ok=True)
 
 
-def _write_atomic(final: str | os.PathLike[str], writer: Callable[[str], None]) -> Path:
+def _write_atomic(final: str | os.PathLike[str], writer: Callable[[str], None],
+                  verify: Callable[[str], None] | None = None) -> Path:
     with atomic_path(final) as partial:
         writer(str(partial))
+        if verify is not None:
+            verify(str(partial))
     return Path(final)
 
 
+def _verify_image(image: sitk.Image, path: str) -> None:
+    # ITK's NIfTI writer and its transform writers print a message and return normally when the disk
+    # fills up (measured on /dev/full), leaving a truncated file: read it back before renaming it.
+    written = sitk.ReadImage(path)
+    if (written.GetSize() != image.GetSize()
+            or written.GetNumberOfComponentsPerPixel() != image.GetNumberOfComponentsPerPixel()):
+        raise RuntimeError(f"the written file reads back as {describe(written)}, not {describe(image)}")
+    # Some formats store less than an image holds: NIfTI silently makes a direction matrix orthogonal
+    # and keeps the header in float32.
+    origin = np.asarray(image.GetOrigin(), dtype=float)
+    if not (np.allclose(written.GetDirection(), image.GetDirection(), atol=1e-4)
+            and np.allclose(written.GetSpacing(), image.GetSpacing(), rtol=1e-5)
+            and np.allclose(written.GetOrigin(), origin, rtol=1e-6, atol=1e-3)):
+        raise _UnfaithfulWriteError(
+            f"the {Path(path).name.split('.', 1)[-1]} format does not keep this image's geometry (spacing "
+            f"{image.GetSpacing()}, origin {image.GetOrigin()}, direction {image.GetDirection()}); it reads back "
+            f"as spacing {written.GetSpacing()}, origin {written.GetOrigin()}, direction {written.GetDirection()}."
+        )
+
+
+def _verify_transform(transform: sitk.Transform, path: str) -> None:
+    written = sitk.ReadTransform(path)
+    expected = np.asarray(transform.GetParameters(), dtype=float)
+    found = np.asarray(written.GetParameters(), dtype=float)
+    if found.shape != expected.shape or not np.allclose(found, expected, rtol=1e-6, atol=1e-9, equal_nan=True):
+        raise RuntimeError("the written transform file does not read back as the transform written")
+
+
 def write_image(image: sitk.Image, path: str | os.PathLike[str], *, compress: bool = True) -> Path:
-    """Write ``image`` to ``path`` atomically."""
-    return _write_atomic(path, lambda p: sitk.WriteImage(image, p, compress))
+    """Write ``image`` to ``path`` atomically (checked by reading it back)."""
+    return _write_atomic(path, lambda p: sitk.WriteImage(image, p, compress), lambda p: _verify_image(image, p))
 
 
 def write_transform(transform: sitk.Transform, path: str | os.PathLike[str]) -> Path:
-    """Write ``transform`` (ITK text or HDF5, chosen by the ending) to ``path`` atomically."""
-    return _write_atomic(path, lambda p: sitk.WriteTransform(transform, p))
+    """Write ``transform`` (ITK text or HDF5, chosen by the ending) to ``path`` atomically (checked)."""
+    return _write_atomic(path, lambda p: sitk.WriteTransform(transform, p),
+                         lambda p: _verify_transform(transform, p))
 
 
 def write_text(text: str, path: str | os.PathLike[str]) -> Path:

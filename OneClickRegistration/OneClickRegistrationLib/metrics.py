@@ -435,10 +435,14 @@ def _score_arrays(fixed: np.ndarray, moving: np.ndarray, valid: np.ndarray | Non
     if n == 0:
         return degenerate("empty_overlap", _empty_message(domain_voxels, candidates, fixed_in is not None))
     if fraction < options.min_overlap_fraction or n < options.min_overlap_voxels:
+        if fraction < options.min_overlap_fraction:
+            found = f"Only {_pct(fraction)} of the fixed domain ({n} voxels) overlaps the moving image"
+        else:  # the share is enough, the count is not: say so instead of "only 100%"
+            found = (f"Only {n} voxels ({_pct(fraction)} of the fixed domain) overlap the moving image: too "
+                     "few for a meaningful score")
         return degenerate("small_overlap", (
-            f"Only {_pct(fraction)} of the fixed domain ({n} voxels) overlaps the moving image; at least "
-            f"{_pct(options.min_overlap_fraction)} and {options.min_overlap_voxels} voxels are required."
-            + _nonfinite_note(nonfinite)))
+            f"{found}; at least {_pct(options.min_overlap_fraction)} and {options.min_overlap_voxels} voxels "
+            "are required." + _nonfinite_note(nonfinite)))
 
     need_histogram = any(name != "ncc" for name in names)
     stats = _overlap_statistics(fixed, moving, use, n, options.bins if need_histogram else 0)

@@ -22,7 +22,7 @@ from .errors import CancelledError, EngineError, EngineUnavailableError, InputEr
 from .images import check_registrable
 from .metrics import ScoreResult, score
 from .modality import ModalityEvidence, detect_modality
-from .preparation import PreparedPair, initial_alignment, prepare_pair
+from .preparation import PreparedPair, check_pyramid, initial_alignment, prepare_pair
 from .presets import Preset, preset_for
 from .transforms import to_matrix
 from .verdict import Verdict, judge
@@ -199,6 +199,8 @@ def register(
         moving, name=moving_name, metadata=moving_metadata, user_choice=moving_modality
     )
     preset = preset_for(fixed_ev.modality, moving_ev.modality, transform=transform)
+    check_pyramid(fixed, preset, role="fixed image")
+    check_pyramid(moving, preset, role="moving image")
     engine_name, notes = _resolve_engines(preset, engine)
     _check_cancel(cancel)
     report(0.02, f"Preparing the images ({preset.name})")

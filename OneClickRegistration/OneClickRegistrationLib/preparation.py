@@ -10,12 +10,19 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from .images import check_volume, describe, to_float32
+from .errors import InputError
+from .images import MIN_VOXELS_PER_AXIS, check_volume, describe, to_float32
 from .masks import head_mask
+from .metrics import DEFAULT_MIN_OVERLAP_VOXELS
 from .modality import Modality
-from .presets import Preset
+from .presets import Preset, level_shrink_factors
 
 _QUANTILE_SAMPLE = 200_000  # voxels sampled to estimate winsorizing quantiles (exact enough, fast)
+# Pixel types whose every value float32 holds exactly; the others may need a shift first.
+_EXACT_IN_FLOAT32 = frozenset({
+    sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16, sitk.sitkUInt16, sitk.sitkFloat32,
+})
+_FLOAT32_EXACT_INTEGERS = 2.0**24  # beyond this float32 cannot tell neighbouring integers apart
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,36 @@ class PreparedPair:
     fixed_head: sitk.Image  # uint8 on the fixed grid
     moving_head: sitk.Image  # uint8 on the moving grid
     notes: tuple[str, ...]
+
+
+def _float32_keeping_contrast(image: sitk.Image, role: str, notes: list[str]) -> sitk.Image:
+    """A float32 copy; values too large for float32's precision are shifted to start at 0 first.
+
+    A 64-bit image whose values sit far from zero (a uint64 scanner offset, float64 data around 1e12)
+    would otherwise collapse to a handful of float32 values and look constant to the engines. Hounsfield
+    units never come near 2**24, so CT windowing, which needs absolute values, is never affected.
+    """
+    if image.GetPixelID() in _EXACT_IN_FLOAT32:
+        return to_float32(image)
+    values = sitk.GetArrayViewFromImage(image)
+    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    if finite.size == 0:
+        return to_float32(image)
+    low, high = finite.min(), finite.max()
+    if max(abs(float(low)), abs(float(high))) <= _FLOAT32_EXACT_INTEGERS:
+        return to_float32(image)
+    if values.dtype.kind in "iu":
+        # Modular uint64 arithmetic gives the exact difference for every int64/uint64 pair.
+        shifted = (values.astype(np.uint64) - np.array(low).astype(np.uint64)).astype(np.float32)
+    else:
+        shifted = (values.astype(np.float64) - float(low)).astype(np.float32)
+    clean = sitk.GetImageFromArray(shifted)
+    clean.CopyInformation(image)
+    notes.append(
+        f"The {role} image's values ({float(low):.6g} to {float(high):.6g}) were shifted by {-float(low):.6g} "
+        "before conversion to 32-bit floats, which could not otherwise tell them apart."
+    )
+    return clean
 
 
 def _finite(image: sitk.Image, role: str, notes: list[str]) -> sitk.Image:
@@ -41,6 +78,35 @@ def _finite(image: sitk.Image, role: str, notes: list[str]) -> sitk.Image:
     clean.CopyInformation(image)
     notes.append(f"The {role} image has {count} NaN/Inf voxels; they were treated as background.")
     return clean
+
+
+def check_pyramid(image: sitk.Image, preset: Preset, *, role: str) -> sitk.Image:
+    """Refuse an image too small for ``preset``'s registration pyramid or for a meaningful score.
+
+    At the coarsest level every axis is shrunk the way the engines shrink it (a per-axis factor
+    bringing the voxel near the level's size, never below 1), and must keep
+    :data:`~.images.MIN_VOXELS_PER_AXIS` voxels; the whole image must hold the voxels a score needs.
+    """
+    size, spacing = image.GetSize(), image.GetSpacing()
+    voxels = int(np.prod(size))
+    if voxels < DEFAULT_MIN_OVERLAP_VOXELS:
+        raise InputError(
+            f"The {role} is too small to register: {voxels} voxels ({describe(image)}); at least "
+            f"{DEFAULT_MIN_OVERLAP_VOXELS} are needed for its similarity score to mean anything."
+        )
+    coarsest_mm = max(level_shrink_factors(preset, spacing)) * min(spacing)
+    at_coarsest = [n // max(1, round(coarsest_mm / s)) for n, s in zip(size, spacing, strict=True)]
+    if min(at_coarsest) < MIN_VOXELS_PER_AXIS:
+        extent = "x".join(f"{n * s:.3g}" for n, s in zip(size, spacing, strict=True))
+        raise InputError(
+            f"The {role} is too small for the registration pyramid of preset {preset.name}: at its "
+            f"coarsest level ({coarsest_mm:g} mm voxels) it would have "
+            f"{'x'.join(str(n) for n in at_coarsest)} voxels, and at least {MIN_VOXELS_PER_AXIS} per axis are "
+            f"needed; received {'x'.join(str(n) for n in size)} voxels covering {extent} mm "
+            f"({describe(image)}). The presets are made for heads (about 150-250 mm across): check the "
+            "voxel spacing in the file's header."
+        )
+    return image
 
 
 def _winsorize(image: sitk.Image, quantiles: tuple[float, float]) -> sitk.Image:
@@ -62,7 +128,7 @@ def prepare_intensities(
     notes: list[str],
 ) -> sitk.Image:
     """A float32, finite, windowed (CT) or winsorized (MR) copy of ``image``."""
-    prepared = _finite(to_float32(image), role, notes)
+    prepared = _finite(_float32_keeping_contrast(image, role, notes), role, notes)
     if ct_window is not None and modality is Modality.CT:
         return sitk.Clamp(prepared, sitk.sitkFloat32, *ct_window)
     return _winsorize(prepared, winsorize)
@@ -77,8 +143,6 @@ def _check_mask(mask: sitk.Image, image: sitk.Image, role: str) -> sitk.Image:
         and np.allclose(mask.GetDirection(), image.GetDirection(), atol=1e-4)
     )
     if not same:
-        from .errors import InputError
-
         raise InputError(
             f"The {role} mask must lie on the {role} image's grid; received a mask {describe(mask)} "
             f"for an image {describe(image)}."

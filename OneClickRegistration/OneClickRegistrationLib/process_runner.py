@@ -166,7 +166,14 @@ def engine_workdir(
 
     ``on_kept`` is told the folder's path when it is kept, so the caller can report it.
     """
-    folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{engine}-"))
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{engine}-"))
+    except OSError as exc:  # a missing, read-only or full temporary folder
+        raise EngineError(
+            f"Cannot create a temporary folder for {engine} in {tempfile.gettempdir()!r}: "
+            f"{exc.strerror or exc}. Expected a writable temporary folder with free space (set TMPDIR "
+            "to use another one)."
+        ) from None
     try:
         yield folder
     finally:
