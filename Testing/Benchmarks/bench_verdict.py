@@ -124,7 +124,7 @@ def main() -> None:
                 flush=True,
             )
     rows = []
-    for kind in sorted({r["kind"] for r in records}) | {"all"}:
+    for kind in [*sorted({r["kind"] for r in records}), "all"]:
         for recover in (False, True):
             sel = [r for r in records if r["recover"] == recover and (kind == "all" or r["kind"] == kind)]
             if not sel:
