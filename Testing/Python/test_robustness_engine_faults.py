@@ -398,3 +398,32 @@ def test_errno_of_a_full_disk_is_what_the_simulation_produces(tmp_path) -> None:
         handle.write("x" * 10000)
         handle.flush()
     assert caught.value.errno == errno.ENOSPC
+
+
+@pytest.mark.slicer
+@pytest.mark.parametrize("fault", ["timeout", "cancel during the engine"])
+def test_slicer_glue_leaves_the_scene_as_it_was_when_the_engine_hangs(fault, temp_root, tmp_path) -> None:
+    slicer = pytest.importorskip("slicer")
+    import OneClickRegistrationSceneGlue as glue
+
+    scene = slicer.vtkMRMLScene()
+    pair = tiny_pair()
+    fixed = glue.addVolumeNodeFromImage(scene, pair.fixed, "fixed")
+    moving = glue.addVolumeNodeFromImage(scene, pair.moving, "moving")
+    composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    composite.SetBackgroundVolumeID(moving.GetID())
+    before = (frozenset(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())),
+              moving.GetTransformNodeID(), composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID(),
+              fingerprint(glue.imageFromVolumeNode(moving)))
+    program = write_stand_in(tmp_path / "bin", "elastix", "hang")
+    options = ({"timeout_s": 1.0} if fault == "timeout"
+               else {"cancel": lambda: bool(stand_in_pids(program))})
+    expected = EngineTimeoutError if fault == "timeout" else CancelledError
+    with engine_program("elastix", program), pytest.raises(expected):
+        glue.registerNodes(fixed, moving, engine="elastix", recover=False, fixed_modality="T1",
+                           moving_modality="T1", **options)
+    after = (frozenset(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())),
+             moving.GetTransformNodeID(), composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID(),
+             fingerprint(glue.imageFromVolumeNode(moving)))
+    assert after == before
+    _assert_all_dead(program)
