@@ -572,3 +572,27 @@ def test_two_thread_split_gives_the_single_pass_result(monkeypatch):
         assert split[name].overlap_voxels == single[name].overlap_voxels
         assert split[name].value == pytest.approx(single[name].value, rel=1e-12)
     assert split["mi"].value == single["mi"].value  # same integer histogram, same arithmetic
+
+
+@pytest.mark.parametrize("with_moving_mask", [False, True])
+def test_masked_score_resamples_only_the_mask_box_and_matches_the_full_grid(with_moving_mask):
+    fixed, moving, transform = _ct_pair()
+    head = np.zeros(tuple(reversed(fixed.GetSize())), np.uint8)
+    head[4:15, 5:18, 3:12] = 1  # about a fifth of the grid
+    head[9, 9:12, 12:16] = 1
+    assert metrics._mask_box(head.astype(bool)) is not None  # the boxed route is taken
+    fixed_mask = make_image(head, spacing=fixed.GetSpacing())
+    moving_mask = make_image((sitk.GetArrayViewFromImage(moving) > -500).astype(np.uint8),
+                             spacing=moving.GetSpacing()) if with_moving_mask else None
+    boxed = score_many(fixed, moving, transform=transform, fixed_mask=fixed_mask, moving_mask=moving_mask)
+    # The same thing on the whole grid, through the public two-step route.
+    resampled, valid = resample_with_validity(fixed, moving, transform)
+    if moving_mask is not None:
+        moved_mask = sitk.Resample(moving_mask, fixed, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        valid &= sitk.GetArrayViewFromImage(moved_mask) > 0
+    full = score_many_resampled(fixed, resampled, valid, fixed_mask=fixed_mask)
+    for name in metrics.METRICS:
+        assert boxed[name].ok
+        assert boxed[name].overlap_voxels == full[name].overlap_voxels
+        assert boxed[name].fixed_domain_voxels == full[name].fixed_domain_voxels == head.sum()
+        assert boxed[name].value == pytest.approx(full[name].value, rel=1e-9)
