@@ -21,7 +21,7 @@ from .engines.base import CancelCheck, EngineRequest, ProgressCallback, RunOptio
 from .errors import CancelledError, EngineError, EngineUnavailableError, InputError
 from .images import check_registrable
 from .metrics import ScoreResult, score
-from .modality import ModalityEvidence, detect_modality
+from .modality import ModalityEvidence, detect_modality, metadata_from_image
 from .preparation import PreparedPair, check_pyramid, initial_alignment, prepare_pair
 from .presets import Preset, preset_for
 from .transforms import to_matrix
@@ -139,6 +139,26 @@ def _resolve_engines(preset: Preset, engine: str | None) -> tuple[str, list[str]
     raise EngineUnavailableError("No registration engine is available.")  # unreachable: SimpleITK is embedded
 
 
+def _recognise(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    names: tuple[str | None, str | None],
+    metadata: tuple[Mapping[str, str] | None, Mapping[str, str] | None],
+    choices: tuple[str | None, str | None],
+    transform: TransformKind,
+) -> tuple[ModalityEvidence, ModalityEvidence, Preset]:
+    """Check both images, recognise their modalities and pick the pair's preset."""
+    evidence = []
+    for image, role, name, tags, choice in zip(
+        (fixed, moving), ("fixed image", "moving image"), names, metadata, choices, strict=True
+    ):
+        check_registrable(image, role=role)
+        # An image read from DICOM or NIfTI carries its own header: use it when no tags were given.
+        tags = tags if tags is not None else metadata_from_image(image)
+        evidence.append(detect_modality(image, name=name, metadata=tags, user_choice=choice))
+    return evidence[0], evidence[1], preset_for(evidence[0].modality, evidence[1].modality, transform=transform)
+
+
 def _score(pair: PreparedPair, transform: sitk.Transform | None, metric: str) -> ScoreResult:
     return score(pair.fixed, pair.moving, transform=transform, metric=metric, fixed_mask=pair.fixed_head)
 
@@ -190,15 +210,11 @@ def register(
     start = time.perf_counter()
     if transform not in ("rigid", "affine"):
         raise InputError(f"transform must be 'rigid' or 'affine'; received {transform!r}.")
-    check_registrable(fixed, role="fixed image")
-    check_registrable(moving, role="moving image")
     report = _Progress(progress)
     report(0.0, "Recognising the modalities")
-    fixed_ev = detect_modality(fixed, name=fixed_name, metadata=fixed_metadata, user_choice=fixed_modality)
-    moving_ev = detect_modality(
-        moving, name=moving_name, metadata=moving_metadata, user_choice=moving_modality
-    )
-    preset = preset_for(fixed_ev.modality, moving_ev.modality, transform=transform)
+    fixed_ev, moving_ev, preset = _recognise(
+        fixed, moving, (fixed_name, moving_name), (fixed_metadata, moving_metadata),
+        (fixed_modality, moving_modality), transform)
     check_pyramid(fixed, preset, role="fixed image")
     check_pyramid(moving, preset, role="moving image")
     engine_name, notes = _resolve_engines(preset, engine)
@@ -304,14 +320,10 @@ def judge_transform(
 ) -> RegistrationResult:
     """Score and judge a transform made elsewhere (another tool, or by hand), the same way as ours."""
     start = time.perf_counter()
-    check_registrable(fixed, role="fixed image")
-    check_registrable(moving, role="moving image")
     to_matrix(transform)  # refuses non-linear transforms with a clear message
-    fixed_ev = detect_modality(fixed, name=fixed_name, metadata=fixed_metadata, user_choice=fixed_modality)
-    moving_ev = detect_modality(
-        moving, name=moving_name, metadata=moving_metadata, user_choice=moving_modality
-    )
-    preset = preset_for(fixed_ev.modality, moving_ev.modality)
+    fixed_ev, moving_ev, preset = _recognise(
+        fixed, moving, (fixed_name, moving_name), (fixed_metadata, moving_metadata),
+        (fixed_modality, moving_modality), "rigid")
     pair = prepare_pair(fixed, moving, preset)
     metric = preset.score_metric
     before = _score(pair, None, metric)
