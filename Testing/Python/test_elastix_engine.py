@@ -74,6 +74,8 @@ def test_rigid_mi_parameter_text():
     assert p["ImageSampler"] == ("RandomCoordinate",)
     assert p["AutomaticScalesEstimation"] == ("true",)
     assert p["AutomaticParameterEstimation"] == ("true",)
+    assert p["ASGDParameterEstimationMethod"] == ("Original",)
+    assert p["NumberOfSamplesForExactGradient"] == (20000.0,)
     assert p["WriteResultImage"] == ("false",)
     assert p["WriteITKCompositeTransform"] == ("true",)
     assert p["ITKTransformOutputFileNameExtension"] == ("tfm",)
