@@ -15,8 +15,10 @@ A peer whose copy is missing is skipped with a message. All three run through th
 (an antsRegistration executable, else antspyx in a child process) and write no warped images.
 
     python Testing/Benchmarks/bench_ants_peers.py [--cases 3] [--coarsen 1.0] [--pairs T1:T2,...]
+        [--peers slicerants,synquick] [--no-variant] [--name bench_ants_peers]
 
-Prints a table (success = mean brain TRE < 2 mm) and writes results/bench_ants_peers.json.
+Prints a table (success = mean brain TRE < 2 mm; wall and CPU time, each as the median over cases of
+method time / our time on the same case) and writes results/<name>.json.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import argparse
 import json
 import os
 import re
+import resource
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass, replace
@@ -213,11 +217,31 @@ def run_ours(fixed: sitk.Image, moving: sitk.Image, fixed_head: sitk.Image | Non
     return ae.AntsEngine().run(request, RunOptions()).transform
 
 
+def _children_cpu_s() -> float:
+    """CPU seconds used so far by finished child processes (every ANTs run here is one)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def add_ratios(rows: list[dict[str, object]], runs: list, cpu: dict[tuple[str, str, int], float]) -> None:
+    """Per row: median CPU time, and the median over cases of this method's time over ours."""
+    wall = {(r.method, r.pair, r.case_index): r.seconds for r in runs}
+    for row in rows:
+        keys = [k for k in wall if k[0] == row["method"] and k[1] == row["pair"]]
+        row["median_cpu_s"] = statistics.median(cpu[k] for k in keys)
+        for label, table in (("wall_vs_ours", wall), ("cpu_vs_ours", cpu)):
+            ratios = [table[k] / table[("oneclick-ants", k[1], k[2])] for k in keys
+                      if table.get(("oneclick-ants", k[1], k[2]))]
+            row[label] = statistics.median(ratios) if ratios else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=3, help="random misalignments per pair")
     parser.add_argument("--coarsen", type=float, default=1.0, help="scale voxel spacing (1.0 = real grids)")
     parser.add_argument("--pairs", default=",".join(f"{f}:{m}" for f, m in PAIRS))
+    parser.add_argument("--peers", default="slicerants,synquick", help="peer columns to run")
+    parser.add_argument("--name", default="bench_ants_peers", help="results file name (without .json)")
     parser.add_argument("--no-variant", action="store_true",
                         help="skip the extra run of our preset without its finest level")
     args = parser.parse_args()
@@ -227,12 +251,17 @@ def main() -> None:
     peers: list[PeerStage] = []
     slicerants = _git_dir("ONECLICK_SLICERANTS_GIT", "netstim+SlicerANTs")
     ants_repo = _git_dir("ONECLICK_ANTS_GIT", "ANTsX+ANTs")
-    if slicerants is None:
+    if "slicerants" not in args.peers:
+        slicerants = None
+        print("SlicerANTs-Rigid column not asked for (--peers)")
+    elif slicerants is None:
         print("SlicerANTs copy not found (set ONECLICK_SLICERANTS_GIT): SlicerANTs-Rigid column skipped")
     else:
         peers.append(slicerants_rigid(slicerants))
     synquick_small = synquick_large = None
-    if ants_repo is None:
+    if "synquick" not in args.peers:
+        print("SyNQuick-rigid column not asked for (--peers)")
+    elif ants_repo is None:
         print("ANTs copy not found (set ONECLICK_ANTS_GIT): SyNQuick-rigid column skipped")
     else:
         synquick_small = synquick_rigid(ants_repo, large_image=False)
@@ -243,6 +272,7 @@ def main() -> None:
 
     cases = random_cases(pairs, args.cases)  # type: ignore[arg-type]
     runs = []
+    cpu: dict[tuple[str, str, int], float] = {}
     for index, case in enumerate(cases):
         pair = make_case_pair(case, coarsen=args.coarsen)
         preset = preset_for(case.fixed_modality, case.moving_modality)
@@ -254,36 +284,41 @@ def main() -> None:
             fixed, moving = sitk.Cast(pair.fixed, sitk.sitkFloat32), sitk.Cast(pair.moving, sitk.sitkFloat32)
             heads = (None, None)
         start = len(runs)
-        runs.append(timed("oneclick-ants", case.pair_name, index, pair,
-                          lambda p, f=fixed, m=moving, h=heads, c=case: run_ours(
-                              f, m, h[0], h[1], c.fixed_modality, c.moving_modality)))
+
+        def measure(method: str, register, case=case, index=index, pair=pair) -> None:
+            before = _children_cpu_s()
+            runs.append(timed(method, case.pair_name, index, pair, register))
+            cpu[(method, case.pair_name, index)] = _children_cpu_s() - before
+
+        measure("oneclick-ants", lambda p, f=fixed, m=moving, h=heads, c=case: run_ours(
+            f, m, h[0], h[1], c.fixed_modality, c.moving_modality))
         if not args.no_variant:
-            runs.append(timed("oneclick-ants/no-finest-level", case.pair_name, index, pair,
-                              lambda p, f=fixed, m=moving, h=heads, c=case: run_ours(
-                                  f, m, h[0], h[1], c.fixed_modality, c.moving_modality, skip_finest=True)))
+            measure("oneclick-ants/no-finest-level", lambda p, f=fixed, m=moving, h=heads, c=case: run_ours(
+                f, m, h[0], h[1], c.fixed_modality, c.moving_modality, skip_finest=True))
         synquick = synquick_large if max(fixed.GetSize()) > 256 else synquick_small
         for peer in [*peers, synquick]:
             if peer is not None:
-                runs.append(timed(peer.name, case.pair_name, index, pair,
-                                  lambda p, peer=peer, f=fixed, m=moving: run_peer(peer, f, m)))
+                measure(peer.name, lambda p, peer=peer, f=fixed, m=moving: run_peer(peer, f, m))
         print(f"case {index + 1}/{len(cases)} {case.pair_name} rot={case.rotation_deg} "
               f"t={case.translation_mm}: "
-              + ", ".join(f"{r.method} {r.tre_mm:.2f} mm {r.seconds:.1f} s{' ' + r.error if r.error else ''}"
+              + ", ".join(f"{r.method} {r.tre_mm:.2f} mm {r.seconds:.1f} s "
+                          f"(cpu {cpu[(r.method, r.pair, r.case_index)]:.1f} s){' ' + r.error if r.error else ''}"
                           for r in runs[start:]), flush=True)
 
     rows = summarize(runs)
-    ours = {r["pair"]: r for r in rows if r["method"] == "oneclick-ants"}
-    for row in rows:
-        mine = ours.get(row["pair"])
-        row["peer_time_over_ours"] = (row["median_s"] / mine["median_s"]) if mine else None
+    add_ratios(rows, runs, cpu)
     print()
     print_table(rows, ["method", "pair", "cases", "success_rate", "median_tre_mm", "max_tre_mm", "median_s",
-                       "peer_time_over_ours"])
-    path = write_json("bench_ants_peers", {
+                       "median_cpu_s", "wall_vs_ours", "cpu_vs_ours"])
+    print("\nwall_vs_ours / cpu_vs_ours: median over cases of (this method's time / oneclick-ants' time on "
+          "the same case); > 1 means slower than ours. CPU time (all threads of the ANTs process) is the "
+          "steadier figure on a shared machine.")
+    path = write_json(args.name, {
         "coarsen": args.coarsen, "runner": ae.AntsEngine().runner().detail,
         "peers": {p.name: {"source": p.source, "arguments": p.arguments("F", "M", "OUT")}
                   for p in [*peers, synquick_small] if p is not None},
-        "cases": cases, "rows": rows, "runs": runs})
+        "cases": cases, "rows": rows, "runs": runs,
+        "cpu_s": [{"method": k[0], "pair": k[1], "case_index": k[2], "cpu_s": v} for k, v in cpu.items()]})
     print(f"\nwrote {path}")
 
 

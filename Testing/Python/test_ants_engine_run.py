@@ -98,6 +98,15 @@ def test_recovers_ct_to_t1_from_the_pipelines_initial_transform(t1_ct_pair, priv
     assert list(private_tempdir.iterdir()) == []
 
 
+def test_affine_run_is_a_rigid_then_an_affine_stage(t1_t2_pair):
+    messages: list[str] = []
+    out = ae.AntsEngine().run(_request(t1_t2_pair, transform_kind="affine"),
+                              RunOptions(progress=lambda f, m: messages.append(m)))
+    assert out.transform.GetName() == "AffineTransform"
+    assert _tre(out.transform, t1_t2_pair) < 1.0
+    assert any("rigid stage 1/2" in m for m in messages) and any("affine stage 2/2" in m for m in messages)
+
+
 def test_ct_without_initial_transform_uses_ants_own_centre_of_mass(t1_ct_pair):
     # Windowed CT air is -100 HU: the adapter shifts intensities so ANTs' intensity-weighted centre
     # of mass is the head's (without the shift this run starts 245 mm off and fails).
