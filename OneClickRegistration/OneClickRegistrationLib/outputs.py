@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from .images import write_image, write_text, write_transform
@@ -23,19 +25,33 @@ def write_outputs(
     *,
     extra: dict[str, object] | None = None,
 ) -> dict[str, Path]:
-    """Write the four outputs into ``outdir``; each file appears only once complete."""
+    """Write the four outputs into ``outdir``, all or nothing.
+
+    Everything is first written (and checked) in a hidden staging folder inside ``outdir``, then
+    renamed into place; a failure on any file leaves ``outdir`` as it was, never a new transform
+    beside an old report.
+    """
     folder = Path(outdir)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "transform": write_transform(result.transform, folder / TRANSFORM_FILE),
-        "registered": write_image(result.registered, folder / REGISTERED_FILE),
-        "overlay": write_overlay(
-            fixed_image, result.registered, folder / OVERLAY_FILE, fill_value=result.preset.moving_fill_value
-        ),
-    }
-    report = result.to_report()
-    report["outputs"] = {name: str(path) for name, path in paths.items()}
-    if extra:
-        report.update(extra)
-    paths["report"] = write_text(json.dumps(report, indent=2, default=str), folder / REPORT_FILE)
-    return paths
+    staging = Path(tempfile.mkdtemp(prefix=".partial-outputs-", dir=folder))
+    try:
+        final = {
+            "transform": folder / TRANSFORM_FILE,
+            "registered": folder / REGISTERED_FILE,
+            "overlay": folder / OVERLAY_FILE,
+            "report": folder / REPORT_FILE,
+        }
+        write_transform(result.transform, staging / TRANSFORM_FILE)
+        write_image(result.registered, staging / REGISTERED_FILE)
+        write_overlay(fixed_image, result.registered, staging / OVERLAY_FILE,
+                      fill_value=result.preset.moving_fill_value)
+        report = result.to_report()
+        report["outputs"] = {name: str(path) for name, path in final.items() if name != "report"}
+        if extra:
+            report.update(extra)
+        write_text(json.dumps(report, indent=2, default=str), staging / REPORT_FILE)
+        for path in final.values():
+            os.replace(staging / path.name, path)
+        return final
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

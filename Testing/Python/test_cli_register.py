@@ -108,3 +108,28 @@ def test_score_verdict_flags_a_wrong_transform_and_accepts_the_truth(pair_files:
         verdicts[name] = payload["verdict"]
     assert verdicts["truth"] == "good"
     assert verdicts["wrong"] in ("questionable", "failed")
+
+
+def test_outputs_are_all_or_nothing_when_a_late_step_fails(t1_t2_pair: synthetic.SyntheticPair, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from OneClickRegistrationLib import outputs
+    from OneClickRegistrationLib.errors import InputError
+    from OneClickRegistrationLib.pipeline import judge_transform
+
+    result = judge_transform(t1_t2_pair.fixed, t1_t2_pair.moving, t1_t2_pair.truth,
+                             fixed_modality="T1", moving_modality="T2")
+    out = tmp_path / "out"
+    first = outputs.write_outputs(result, t1_t2_pair.fixed, out)
+    before = {path.name: path.read_bytes() for path in first.values()}
+
+    # A failure while drawing the overlay cannot be caused on demand; it is simulated narrowly
+    # (only the overlay writer raises) to check that nothing of the second run reaches the folder.
+    def broken_overlay(*args, **kwargs):
+        raise InputError("Cannot write the overlay (simulated).")
+
+    monkeypatch.setattr(outputs, "write_overlay", broken_overlay)
+    shifted = judge_transform(t1_t2_pair.fixed, t1_t2_pair.moving, sitk.Euler3DTransform(),
+                              fixed_modality="T1", moving_modality="T2")
+    with pytest.raises(InputError, match="simulated"):
+        outputs.write_outputs(shifted, t1_t2_pair.fixed, out)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
