@@ -52,21 +52,27 @@ def plan_levels(request: EngineRequest) -> tuple[LevelPlan, ...]:
     shrinks = level_shrink_factors(preset, request.fixed.GetSpacing())
     finest = min(request.fixed.GetSpacing())
     voxels = float(np.prod(request.fixed.GetSize()))
-    return tuple(
-        LevelPlan(
+    plans: list[LevelPlan] = []
+    for s, sigma, n in zip(shrinks, preset.smoothing_sigmas_mm, preset.iterations, strict=True):
+        step = _MAX_STEP_MM * max(1.0, 0.5 * s * finest)
+        if plans:
+            # Each level refines the previous one: its first step is at most half the previous
+            # level's. Without this, coarse images (6 mm voxels, every level at full resolution)
+            # restarted every level with 6 mm steps and walked away from the answer.
+            step = min(step, plans[-1].max_step_mm / 2)
+        plans.append(LevelPlan(
             shrink=s,
             sigma_mm=float(sigma),
             iterations=int(n),
-            max_step_mm=_MAX_STEP_MM * max(1.0, 0.5 * s * finest),
+            max_step_mm=step,
             # Coarse levels use every voxel: ITK draws random samples once per level, and a fixed
             # small sample set traps the optimizer in local optima (measured on thick-slice FLAIR).
             # Fine levels use the preset's share of voxels, capped, because past a few tens of
             # thousands of samples the gradient is no better, only slower.
             sampling_fraction=(1.0 if voxels / s**3 <= _ALL_VOXELS_BELOW
                                else min(preset.sampling_fraction, _MAX_SAMPLES / (voxels / s**3))),
-        )
-        for s, sigma, n in zip(shrinks, preset.smoothing_sigmas_mm, preset.iterations, strict=True)
-    )
+        ))
+    return tuple(plans)
 
 
 def _initial_parametric(request: EngineRequest) -> sitk.Transform:
