@@ -263,6 +263,7 @@ def register(
             pair,
             preset,
             first_engine=engine_name,
+            first_start=initial,
             first_transform=found,
             first_score=score_after,
             first_verdict=verdict,

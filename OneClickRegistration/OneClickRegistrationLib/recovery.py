@@ -29,7 +29,7 @@ from .errors import CancelledError, OneClickError
 from .metrics import ScoreResult, score
 from .preparation import PreparedPair, initial_alignment
 from .presets import Preset
-from .verdict import THRESHOLDS, Verdict, _coarse, judge
+from .verdict import Verdict, coarse_fixed, judge
 
 COARSE_SEARCH_SPACING_MM = 6.0
 SEARCH_ANGLES_DEG = (-90.0, -60.0, -30.0, 0.0, 30.0, 60.0, 90.0)
@@ -69,7 +69,7 @@ def rotation_search(
     pair: PreparedPair, base: sitk.Euler3DTransform, metric: str, *, keep: int = STARTS_FROM_SEARCH
 ) -> list[tuple[tuple[float, float, float], float]]:
     """Score every rotation of ``SEARCH_ANGLES_DEG`` about each axis on a coarse grid; best ``keep`` first."""
-    fixed, head = _coarse(pair, COARSE_SEARCH_SPACING_MM)
+    fixed, head = coarse_fixed(pair, COARSE_SEARCH_SPACING_MM)
     moving = sitk.SmoothingRecursiveGaussian(pair.moving, COARSE_SEARCH_SPACING_MM / 2)
     scored = []
     for angles in itertools.product(SEARCH_ANGLES_DEG, repeat=3):
@@ -109,6 +109,7 @@ def recover_best(
     preset: Preset,
     *,
     first_engine: str,
+    first_start: sitk.Euler3DTransform,
     first_transform: sitk.Transform,
     first_score: ScoreResult,
     first_verdict: Verdict,
@@ -128,11 +129,11 @@ def recover_best(
     started = time.perf_counter()
     default_budget = min(MAX_BUDGET_S, max(MIN_BUDGET_S, BUDGET_FACTOR * first_elapsed_s))
     budget = time_budget_s if time_budget_s is not None else default_budget
-    base = initial_alignment(pair, preset.initialization)
     progress(0.0, "Searching rotations on a coarse grid")
-    candidates = _candidates(pair, preset, first_engine, forced_engine, base)
+    candidates = _candidates(pair, preset, first_engine, forced_engine, first_start)
     metric = preset.score_metric
     attempts: list[Attempt] = []
+    best_index = -1
     best = (
         first_score.value if first_score.ok and first_score.value is not None else -math.inf,
         first_transform,
@@ -176,6 +177,7 @@ def recover_best(
             attempts.append(Attempt(candidate.engine, candidate.start, value, None, elapsed, error))
             if found is not None and value is not None and value > best[0]:
                 best = (value, found, result, candidate.engine, f"{candidate.engine} from {candidate.start}")
+                best_index = len(attempts) - 1
     finally:
         if workers > 1:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -184,18 +186,7 @@ def recover_best(
         return RecoveryOutcome(
             False, first_transform, first_score, first_verdict, first_engine, description, tuple(attempts)
         )
-    verdict = judge(
-        pair,
-        transform,
-        metric=metric,
-        score_before=score_before,
-        score_after=best_score,
-        thresholds=THRESHOLDS,
-    )
-    attempts = [
-        a
-        if a.score != best_score.value
-        else Attempt(a.engine, a.start, a.score, verdict.label, a.elapsed_s, a.error)
-        for a in attempts
-    ]
+    verdict = judge(pair, transform, metric=metric, score_before=score_before, score_after=best_score)
+    kept = attempts[best_index]
+    attempts[best_index] = Attempt(kept.engine, kept.start, kept.score, verdict.label, kept.elapsed_s, kept.error)
     return RecoveryOutcome(True, transform, best_score, verdict, engine, description, tuple(attempts))

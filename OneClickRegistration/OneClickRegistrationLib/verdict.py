@@ -68,7 +68,7 @@ class Verdict:
         return {"label": self.label, "reasons": list(self.reasons), "evidence": dict(self.evidence)}
 
 
-def _coarse(pair: PreparedPair, spacing_mm: float) -> tuple[sitk.Image, sitk.Image]:
+def coarse_fixed(pair: PreparedPair, spacing_mm: float) -> tuple[sitk.Image, sitk.Image]:
     """The fixed image and head mask block-averaged to about ``spacing_mm`` (cheap: no resampling)."""
     fixed = pair.fixed
     factors = [max(1, min(n // 4, int(spacing_mm // s)))
@@ -117,7 +117,7 @@ def local_optimum_gain(
     thresholds' values): 2 mm on a 4 cm object is a 10% misalignment, and a 3 mm grid cannot see it.
     """
     scale = min(1.0, max(0.1, head_radius_mm(pair) / FULL_SCALE_HEAD_RADIUS_MM))
-    fixed, head = _coarse(pair, thresholds.coarse_spacing_mm * scale)
+    fixed, head = coarse_fixed(pair, thresholds.coarse_spacing_mm * scale)
     base = score(fixed, pair.moving, transform=transform, metric=metric, fixed_mask=head)
     if not base.ok or base.value is None:
         return None
