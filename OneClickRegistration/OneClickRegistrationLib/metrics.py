@@ -337,7 +337,8 @@ def _grid_text(image: sitk.Image) -> str:
             f"origin {fmt(image.GetOrigin())}, direction {fmt(image.GetDirection())}")
 
 
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    """True when two images share size, spacing, origin and direction (up to header round-off)."""
     if a.GetSize() != b.GetSize():
         return False
     spacing_a, spacing_b = np.asarray(a.GetSpacing()), np.asarray(b.GetSpacing())
@@ -351,7 +352,7 @@ def _mask_array(mask: sitk.Image, reference: sitk.Image, role: str, reference_ro
     """Boolean (z, y, x) foreground of ``mask``, which must lie on ``reference``'s grid."""
     check_volume(mask, role=role)
     _check_scalar(mask, role)
-    if not _same_grid(mask, reference):
+    if not same_grid(mask, reference):
         raise InputError(
             f"The {role} must lie on the {reference_role}'s voxel grid. {role.capitalize()}: "
             f"{_grid_text(mask)}; {reference_role}: {_grid_text(reference)}."
@@ -376,7 +377,7 @@ def _on_fixed_grid(data: sitk.Image | np.ndarray, fixed: sitk.Image, role: str) 
     if isinstance(data, sitk.Image):
         check_volume(data, role=role)
         _check_scalar(data, role)
-        if not _same_grid(data, fixed):
+        if not same_grid(data, fixed):
             raise InputError(
                 f"The {role} must lie on the fixed image's voxel grid. {role.capitalize()}: "
                 f"{_grid_text(data)}; fixed image: {_grid_text(fixed)}."

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from .errors import InputError
 from .images import MIN_VOXELS_PER_AXIS, check_volume, describe, to_float32
 from .masks import head_mask
-from .metrics import DEFAULT_MIN_OVERLAP_VOXELS
+from .metrics import DEFAULT_MIN_OVERLAP_VOXELS, same_grid
 from .modality import Modality
 from .presets import Preset, level_shrink_factors
 
@@ -136,13 +136,7 @@ def prepare_intensities(
 
 def _check_mask(mask: sitk.Image, image: sitk.Image, role: str) -> sitk.Image:
     check_volume(mask, role=f"{role} mask")
-    same = (
-        mask.GetSize() == image.GetSize()
-        and np.allclose(mask.GetSpacing(), image.GetSpacing(), atol=1e-4)
-        and np.allclose(mask.GetOrigin(), image.GetOrigin(), atol=1e-3)
-        and np.allclose(mask.GetDirection(), image.GetDirection(), atol=1e-4)
-    )
-    if not same:
+    if not same_grid(mask, image):
         raise InputError(
             f"The {role} mask must lie on the {role} image's grid; received a mask {describe(mask)} "
             f"for an image {describe(image)}."
