@@ -106,7 +106,7 @@ def main(argv: list[str]) -> int:
 def _run_pairs(args: argparse.Namespace, rows: list[dict[str, str]], entries: list[dict[str, object]],
                base: Path) -> None:
     """Register each pair in turn, recording its outcome in its entry; a failed pair does not stop the rest."""
-    for index, (row, entry) in enumerate(zip(rows, entries, strict=True), start=1):
+    for index, (row, entry) in enumerate(zip(rows, entries), start=1):
         name = str(entry["name"])
         label = f"[{index}/{len(rows)}] {name} "
         entry["status"] = "interrupted"

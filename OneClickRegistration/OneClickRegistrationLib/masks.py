@@ -70,13 +70,13 @@ def _close_and_fill(mask: sitk.Image) -> sitk.Image:
     so the boundary keeps full resolution wherever no gap was closed.
     """
     spacing = mask.GetSpacing()
-    factors = [max(1, min(n, int(WORK_SPACING_MM // s))) for n, s in zip(mask.GetSize(), spacing, strict=True)]
+    factors = [max(1, min(n, int(WORK_SPACING_MM // s))) for n, s in zip(mask.GetSize(), spacing)]
     small = mask
     if any(f > 1 for f in factors):
         small = sitk.BinaryThreshold(sitk.BinShrink(sitk.Cast(mask, sitk.sitkFloat32), factors), 0.25, 2.0, 1, 0)
     # Never wider than the image: a 0.01 mm grid would otherwise ask for a ball hundreds of voxels
     # wide, whose construction alone takes seconds, for a closing that cannot reach any further.
-    radius = [min(round(CLOSING_MM / s), n) for s, n in zip(small.GetSpacing(), small.GetSize(), strict=True)]
+    radius = [min(round(CLOSING_MM / s), n) for s, n in zip(small.GetSpacing(), small.GetSize())]
     if any(radius):
         small = sitk.BinaryMorphologicalClosing(small, radius, sitk.sitkBall, 1, True)
     small = sitk.BinaryFillhole(small, False, 1)

@@ -282,7 +282,7 @@ class _Options:
 
 
 def _number(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise InputError(f"{name} must be a number; received {value!r}.")
     if not math.isfinite(float(value)):
         raise InputError(f"{name} must be finite; received {value!r}.")
@@ -290,7 +290,7 @@ def _number(value: object, name: str) -> float:
 
 
 def _integer(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise InputError(f"{name} must be an integer; received {value!r}.")
     return int(value)
 
@@ -590,14 +590,14 @@ def _overlap_statistics(fixed: np.ndarray, moving: np.ndarray, use: np.ndarray |
         if not _healthy(stats):
             # Values too large (squares overflow) or too small (squares underflow) for the sample's
             # scale: rescale from the exact largest magnitude and go again.
-            for side, values in zip(sides, (flat_f, flat_m), strict=True):
+            for side, values in zip(sides, (flat_f, flat_m)):
                 side.scale = _power_of_two_scale(_max_abs(values, flat_use))
             stats = _accumulate(flat_f, flat_m, flat_use, sides, bins)
         narrow = [not side.bin_high > side.bin_low and not stats.flat(side)
                   for side in (stats.fixed, stats.moving)]
         if bins and any(narrow):
             # The sample saw a single value but the overlap has more: bin between the exact extremes.
-            for side, values, redo in zip(sides, (flat_f, flat_m), narrow, strict=True):
+            for side, values, redo in zip(sides, (flat_f, flat_m), narrow):
                 if redo:
                     side.bin_low, side.bin_high = _extremes(values, flat_use)
             stats = _accumulate(flat_f, flat_m, flat_use, sides, bins)
@@ -742,7 +742,7 @@ def _accumulate_range(flat_f: np.ndarray, flat_m: np.ndarray, use: np.ndarray | 
             side.squares += float(np.multiply(out, out, out=product[:k]).sum())
         cross += float(np.multiply(a[:k], b[:k], out=product[:k]).sum())
         if histogram is not None:
-            for (gain, offset), values, index in zip(maps, (a, b), (index_f, index_m), strict=True):
+            for (gain, offset), values, index in zip(maps, (a, b), (index_f, index_m)):
                 w = work[:k]
                 np.copyto(w, values[:k], casting="same_kind")
                 w *= gain

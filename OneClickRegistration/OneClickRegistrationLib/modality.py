@@ -73,7 +73,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +82,14 @@ import SimpleITK as sitk
 from .errors import InputError
 
 
-class Modality(StrEnum):
+class Modality(str, Enum):
+    # A str-valued enum that prints as its value on every Python from 3.9 (StrEnum is 3.11+).
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
     T1 = "T1"
     T2 = "T2"
     FLAIR = "FLAIR"

@@ -59,7 +59,7 @@ def overlay_rgb(fixed: sitk.Image, registered: sitk.Image, valid_fill: float | N
     f_n = _normalize(f, np.ones_like(valid))
     r_n = _normalize(np.nan_to_num(r), valid)
     tiles_top, tiles_bottom = [], []
-    for fs, rs in zip(_slices(f_n), _slices(r_n), strict=True):
+    for fs, rs in zip(_slices(f_n), _slices(r_n)):
         h, w = fs.shape
         yy, xx = np.indices((h, w))
         square = max(1, max(h, w) // _CHECKER_SQUARES)

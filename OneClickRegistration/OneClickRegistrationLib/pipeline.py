@@ -150,7 +150,7 @@ def _recognise(
     """Check both images, recognise their modalities and pick the pair's preset."""
     evidence = []
     for image, role, name, tags, choice in zip(
-        (fixed, moving), ("fixed image", "moving image"), names, metadata, choices, strict=True
+        (fixed, moving), ("fixed image", "moving image"), names, metadata, choices
     ):
         check_registrable(image, role=role)
         # An image read from DICOM or NIfTI carries its own header: use it when no tags were given.

@@ -95,9 +95,9 @@ def check_pyramid(image: sitk.Image, preset: Preset, *, role: str) -> sitk.Image
             f"{DEFAULT_MIN_OVERLAP_VOXELS} are needed for its similarity score to mean anything."
         )
     coarsest_mm = max(level_shrink_factors(preset, spacing)) * min(spacing)
-    at_coarsest = [n // max(1, round(coarsest_mm / s)) for n, s in zip(size, spacing, strict=True)]
+    at_coarsest = [n // max(1, round(coarsest_mm / s)) for n, s in zip(size, spacing)]
     if min(at_coarsest) < MIN_VOXELS_PER_AXIS:
-        extent = "x".join(f"{n * s:.3g}" for n, s in zip(size, spacing, strict=True))
+        extent = "x".join(f"{n * s:.3g}" for n, s in zip(size, spacing))
         raise InputError(
             f"The {role} is too small for the registration pyramid of preset {preset.name}: at its "
             f"coarsest level ({coarsest_mm:g} mm voxels) it would have "

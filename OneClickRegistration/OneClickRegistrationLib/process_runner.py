@@ -91,7 +91,7 @@ def run_process(
     after ``timeout_s`` seconds, and :class:`EngineError` (with the log's last lines) on a non-zero
     exit. In every one of these cases no process of the tree is left running.
     """
-    if isinstance(args, str | bytes):
+    if isinstance(args, (str, bytes)):
         raise TypeError("run_process takes a list of arguments, never a shell string")
     argv = [os.fspath(a) for a in args]
     popen_kwargs: dict[str, object] = {}

@@ -82,7 +82,7 @@ class Grid:
     ) -> Grid:
         """A grid of the given field of view whose centre lies at ``center``."""
         d = np.eye(3) if direction is None else np.asarray(direction, dtype=float).reshape(3, 3)
-        size = tuple(max(4, round(f / s)) for f, s in zip(fov_mm, spacing, strict=True))
+        size = tuple(max(4, round(f / s)) for f, s in zip(fov_mm, spacing))
         half = d @ ((np.asarray(size) - 1) * np.asarray(spacing) / 2.0)
         origin = np.asarray(center, dtype=float) - half
         return Grid(
@@ -138,7 +138,7 @@ def mni_available() -> bool:
 def _reference_grid(bounds_min: np.ndarray, bounds_max: np.ndarray, resolution: float) -> Grid:
     lo = bounds_min - _PAD_MM
     hi = bounds_max + _PAD_MM
-    size = tuple(math.ceil((h - low) / resolution) + 1 for low, h in zip(lo, hi, strict=True))
+    size = tuple(math.ceil((h - low) / resolution) + 1 for low, h in zip(lo, hi))
     return Grid(size=size, spacing=(resolution,) * 3, origin=tuple(float(v) for v in lo))  # type: ignore[arg-type]
 
 
@@ -264,7 +264,7 @@ def _bias_field(shape: tuple[int, ...], strength: float, rng: np.random.Generato
     zz, yy, xx = np.meshgrid(*axes, indexing="ij")
     terms = (xx, yy, zz, xx * yy, yy * zz, xx * zz, xx * xx, yy * yy, zz * zz)
     coeffs = rng.uniform(-1.0, 1.0, size=len(terms)) * strength / 3.0
-    log_field = sum(c * t for c, t in zip(coeffs, terms, strict=True))
+    log_field = sum(c * t for c, t in zip(coeffs, terms))
     return np.exp(log_field).astype(np.float32)
 
 
@@ -290,12 +290,12 @@ def render(
     rng = np.random.default_rng(seed)
     # Supersample each axis whose spacing is coarser than the head model, then average blocks.
     factors = [max(1, min(5, round(s / resolution_mm))) for s in grid.spacing]
-    fine_spacing = tuple(s / f for s, f in zip(grid.spacing, factors, strict=True))
+    fine_spacing = tuple(s / f for s, f in zip(grid.spacing, factors))
     d = np.asarray(grid.direction).reshape(3, 3)
     first_voxel_corner = np.asarray(grid.origin) - d @ (np.asarray(grid.spacing) / 2.0)
     fine_origin = first_voxel_corner + d @ (np.asarray(fine_spacing) / 2.0)
     fine = Grid(
-        size=tuple(n * f for n, f in zip(grid.size, factors, strict=True)),  # type: ignore[arg-type]
+        size=tuple(n * f for n, f in zip(grid.size, factors)),  # type: ignore[arg-type]
         spacing=fine_spacing,
         origin=tuple(fine_origin),
         direction=grid.direction,

@@ -72,7 +72,7 @@ def coarse_fixed(pair: PreparedPair, spacing_mm: float) -> tuple[sitk.Image, sit
     """The fixed image and head mask block-averaged to about ``spacing_mm`` (cheap: no resampling)."""
     fixed = pair.fixed
     factors = [max(1, min(n // 4, int(spacing_mm // s)))
-               for n, s in zip(fixed.GetSize(), fixed.GetSpacing(), strict=True)]
+               for n, s in zip(fixed.GetSize(), fixed.GetSpacing())]
     if all(f == 1 for f in factors):
         return pair.fixed, pair.fixed_head
     coarse = sitk.BinShrink(pair.fixed, factors)

@@ -142,7 +142,7 @@ def ants_levels(preset: Preset, fixed_spacing: Sequence[float]) -> tuple[AntsLev
             f"{len(preset.iterations)}."
         )
     levels = [AntsLevel(int(n), int(s), float(sigma))
-              for n, s, sigma in zip(preset.iterations, shrinks, preset.smoothing_sigmas_mm, strict=True)]
+              for n, s, sigma in zip(preset.iterations, shrinks, preset.smoothing_sigmas_mm)]
     if len(levels) > 1 and levels[-1].shrink == 1 and levels[-2].shrink <= 2:
         # A full-resolution finest level right after a level at most 2x coarser runs 0 iterations,
         # as in ANTs' own scripts (antsRegistrationSyNQuick.sh: "...x0") and SlicerANTs' presets.

@@ -310,11 +310,11 @@ def build_command_line(executable: str | os.PathLike[str],
 def _format_value(name: str, value: object) -> str:
     if isinstance(value, bool):
         raise InputError(f"BRAINSFit parameter {name!r} is not a switch; received the bool {value!r}.")
-    if isinstance(value, tuple | list):
+    if isinstance(value, (tuple, list)):
         return ",".join(_format_value(name, v) for v in value)
     if isinstance(value, float):
         return repr(value)
-    if isinstance(value, int | str | os.PathLike):
+    if isinstance(value, (int, str, os.PathLike)):
         return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
     raise InputError(f"BRAINSFit parameter {name!r} has an unsupported value {value!r}.")
 
@@ -345,7 +345,7 @@ def plan_host_call(parameters: Mapping[str, object]) -> HostParameterPlan:
         kind = PARAMETERS[name][0]
         if kind in groups:
             groups[kind][name] = os.fspath(value)  # type: ignore[arg-type]
-        elif isinstance(value, tuple | list):
+        elif isinstance(value, (tuple, list)):
             values[name] = _format_value(name, value)
         else:
             values[name] = value  # type: ignore[assignment]

@@ -155,7 +155,7 @@ def _pyramid_entries(sigmas_mm: Sequence[float], targets_mm: Sequence[float], fi
     fixed = tuple(f for level in fixed_schedule for f in level)
     moving = tuple(f for level in moving_schedule for f in level)
     rule = itk_rule_sigmas(targets_mm, finest_mm)
-    if all(abs(s - r) <= 0.25 * finest_mm for s, r in zip(sigmas_mm, rule, strict=True)):
+    if all(abs(s - r) <= 0.25 * finest_mm for s, r in zip(sigmas_mm, rule)):
         return [("FixedImagePyramid", ("FixedRecursiveImagePyramid",)),
                 ("MovingImagePyramid", ("MovingRecursiveImagePyramid",)),
                 ("FixedImagePyramidSchedule", fixed),

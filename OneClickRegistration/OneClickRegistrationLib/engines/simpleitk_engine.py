@@ -53,7 +53,7 @@ def plan_levels(request: EngineRequest) -> tuple[LevelPlan, ...]:
     finest = min(request.fixed.GetSpacing())
     voxels = float(np.prod(request.fixed.GetSize()))
     plans: list[LevelPlan] = []
-    for s, sigma, n in zip(shrinks, preset.smoothing_sigmas_mm, preset.iterations, strict=True):
+    for s, sigma, n in zip(shrinks, preset.smoothing_sigmas_mm, preset.iterations):
         step = _MAX_STEP_MM * max(1.0, 0.5 * s * finest)
         if plans:
             # Each level refines the previous one: its first step is at most half the previous
