@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from .errors import OneClickError
+from .interrupts import exit_code
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -35,19 +36,20 @@ def guarded(run: Callable[[], int]) -> int:
     except OneClickError as exc:
         print(f"oneclick-register: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM turned into one by interrupts.py
         print("oneclick-register: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_code(interrupt)
 
 
 class TerminalProgress:
-    """Prints progress on one updating line when stderr is a terminal, else every 10%."""
+    """Prints progress on one updating line when stderr is a terminal, else every 10% and each new stage."""
 
     def __init__(self, prefix: str = "", *, enabled: bool = True) -> None:
         self.prefix = prefix
         self.enabled = enabled
         self._tty = sys.stderr.isatty()
         self._last_decile = -1
+        self._last_stage = ""
 
     def __call__(self, fraction: float, message: str) -> None:
         if not self.enabled:
@@ -64,6 +66,7 @@ class TerminalProgress:
                 print(file=sys.stderr)
             return
         decile = int(fraction * 10)
-        if decile != self._last_decile:
-            self._last_decile = decile
+        stage = message.split(" ", 1)[0].rstrip(":")  # a new stage always gets its line
+        if decile != self._last_decile or stage != self._last_stage:
+            self._last_decile, self._last_stage = decile, stage
             print(f"{self.prefix}{fraction:4.0%} {message}", file=sys.stderr, flush=True)

@@ -66,6 +66,8 @@ def register_files(
     progress: TerminalProgress | None = None,
 ) -> RegistrationResult:
     """Read two files, register them and write the outputs (used by the single and batch commands)."""
+    if progress is not None:
+        progress(0.0, f"Reading {fixed_path.name} and {moving_path.name}")
     fixed = read_image(fixed_path, role="fixed image", volume_index=fixed_volume_index,
                        index_option="--fixed-volume-index")
     moving = read_image(moving_path, role="moving image", volume_index=moving_volume_index,
@@ -86,6 +88,8 @@ def register_files(
         timeout_s=timeout_s,
         recover=recover,
     )
+    if progress is not None:
+        progress(1.0, f"Writing the outputs to {outdir}")
     write_outputs(
         result, fixed, outdir, extra={"fixed_file": str(fixed_path), "moving_file": str(moving_path)}
     )

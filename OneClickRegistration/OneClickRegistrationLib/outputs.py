@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from .images import write_image, write_text, write_transform
+from .interrupts import deferred
 from .overlay import write_overlay
 from .pipeline import RegistrationResult
 
@@ -50,8 +51,9 @@ def write_outputs(
         if extra:
             report.update(extra)
         write_text(json.dumps(report, indent=2, default=str), staging / REPORT_FILE)
-        for path in final.values():
-            os.replace(staging / path.name, path)
+        with deferred():  # a signal never leaves a new transform beside an old report
+            for path in final.values():
+                os.replace(staging / path.name, path)
         return final
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -142,19 +143,23 @@ def recover_best(
         "first result",
     )
     workers = max(1, (os.cpu_count() or 1) // 2) if (os.cpu_count() or 1) >= 4 else 1
+    stop = threading.Event()  # set on Ctrl-C/SIGTERM in this thread: running candidates end too
+
+    def cancelled() -> bool:
+        return stop.is_set() or (cancel is not None and cancel())
 
     def attempt(
         candidate: Candidate,
     ) -> tuple[Candidate, sitk.Transform | None, ScoreResult | None, str, float]:
         t0 = time.perf_counter()
-        if cancel is not None and cancel():
+        if cancelled():
             raise CancelledError("The registration was cancelled; nothing was changed.")
         remaining = budget - (time.perf_counter() - started)
         if remaining <= 0:
             return candidate, None, None, "skipped: time budget used up", 0.0
         limit = remaining if timeout_s is None else min(timeout_s, remaining)
         options = RunOptions(
-            cancel=cancel, timeout_s=limit, keep_temp=keep_temp, threads=threads if workers == 1 else 2
+            cancel=cancelled, timeout_s=limit, keep_temp=keep_temp, threads=threads if workers == 1 else 2
         )
         try:
             found, _ = run_engine(candidate.engine, pair, preset, candidate.initial, options)
@@ -178,6 +183,9 @@ def recover_best(
             if found is not None and value is not None and value > best[0]:
                 best = (value, found, result, candidate.engine, f"{candidate.engine} from {candidate.start}")
                 best_index = len(attempts) - 1
+    except BaseException:
+        stop.set()
+        raise
     finally:
         if workers > 1:
             pool.shutdown(wait=True, cancel_futures=True)
