@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "register": "pipeline",
+    "judge_transform": "pipeline",
     "RegistrationResult": "pipeline",
     "score": "metrics",
     "score_resampled": "metrics",

@@ -20,11 +20,13 @@ _SUBCOMMANDS: dict[str, str] = {
     "demo": "cli_demo",
 }
 
-USAGE = """usage: oneclick-register FIXED MOVING -o OUTDIR [options]   register one pair
-       oneclick-register score FIXED MOVING [options]          score an alignment
-       oneclick-register batch PAIRS.csv -o DIR                register many pairs
-       oneclick-register demo [-o DIR]                         offline demonstration
+_COMMAND_LINES = """  oneclick-register FIXED MOVING -o OUTDIR [options]   register one pair
+  oneclick-register score FIXED MOVING [options]       score an alignment
+  oneclick-register batch PAIRS.csv -o DIR             register many pairs
+  oneclick-register demo [-o DIR]                      offline demonstration
 Run any of them with --help for its options."""
+USAGE = "usage:\n" + _COMMAND_LINES
+COMMANDS = "commands:\n" + _COMMAND_LINES
 
 
 def _entry(module: str) -> Callable[[list[str]], int]:
@@ -32,9 +34,15 @@ def _entry(module: str) -> Callable[[list[str]], int]:
 
 
 def _dispatch(args: list[str]) -> int:
-    if not args or args[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0 if args else 2
+    if not args:
+        print(USAGE, file=sys.stderr)
+        return 2
+    if args[0] in ("-h", "--help"):
+        from .cli_register import build_parser
+
+        print(build_parser().format_help())
+        print(COMMANDS)
+        return 0
     if args[0] in _SUBCOMMANDS:
         return _entry(_SUBCOMMANDS[args[0]])(args[1:])
     return _entry("cli_register")(args)

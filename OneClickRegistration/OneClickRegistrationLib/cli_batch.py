@@ -1,9 +1,4 @@
-"""``oneclick-register batch PAIRS.csv -o DIR``: many pairs; one failed pair does not stop the rest.
-
-PAIRS.csv has a header with at least ``fixed`` and ``moving`` columns (paths, relative to the CSV's
-folder or absolute); optional ``name``, ``fixed_modality``, ``moving_modality``, ``engine``. Each pair's
-outputs go to ``DIR/<name>/``; ``DIR/summary.csv`` lists every pair with its status.
-"""
+"""``oneclick-register batch PAIRS.csv -o DIR``: many pairs; one failed pair does not stop the rest."""
 
 from __future__ import annotations
 
@@ -17,6 +12,7 @@ from .cli_common import EXIT_OK, EXIT_SOME_FAILED, QuietParser, TerminalProgress
 from .cli_register import add_registration_options, register_files
 from .errors import InputError, OneClickError
 from .images import write_text
+from .output_folder import check_output_folder
 
 SUMMARY_FIELDS = (
     "name",
@@ -65,14 +61,30 @@ def _safe_name(text: str, index: int) -> str:
     return cleaned or f"pair{index:03d}"
 
 
+DESCRIPTION = """Register many pairs listed in a CSV file; one failed pair does not stop the rest.
+
+PAIRS.csv columns (a header row names them; paths are relative to the CSV's folder, or absolute):
+  fixed            fixed image file (required)
+  moving           moving image file (required)
+  name             name of the pair's output folder DIR/NAME (default: the moving file's name)
+  fixed_modality   T1, T2, FLAIR, CT or MR (default: detected)
+  moving_modality  T1, T2, FLAIR, CT or MR (default: detected)
+  engine           engine for this pair (default: --engine, else the preset's first installed)
+
+DIR/summary.csv lists every pair with its status, verdict and scores."""
+
+
 def main(argv: list[str]) -> int:
-    parser = QuietParser(prog="oneclick-register batch", description=__doc__.split("\n\n")[0])
+    parser = QuietParser(prog="oneclick-register batch", description=DESCRIPTION,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pairs", type=Path, metavar="PAIRS.csv")
-    parser.add_argument("-o", "--output", type=Path, required=True, metavar="DIR")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
+                        help="folder for one sub-folder per pair and summary.csv")
     add_registration_options(parser)
     args = parser.parse_args(argv)
 
     def run() -> int:
+        check_output_folder(args.output)
         rows = read_pairs(args.pairs)
         base = args.pairs.resolve().parent
         used: set[str] = set()
@@ -142,4 +154,5 @@ def _run_pairs(args: argparse.Namespace, rows: list[dict[str, str]], entries: li
                 preset=result.preset.name,
                 elapsed_s=round(result.elapsed_s, 2),
             )
-            print(f"{label}{result.verdict.label} ({result.metric.upper()} {result.score_after.value})")
+            after = "n/a" if result.score_after.value is None else f"{result.score_after.value:.4g}"
+            print(f"{label}{result.verdict.label} ({result.metric.upper()} {after})")

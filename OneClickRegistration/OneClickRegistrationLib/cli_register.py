@@ -9,6 +9,7 @@ from .cli_common import EXIT_OK, QuietParser, TerminalProgress, guarded
 from .engines import ENGINE_NAMES
 from .images import read_image
 from .modality import Modality, metadata_from_file
+from .output_folder import check_output_folder
 from .outputs import write_outputs
 from .pipeline import RegistrationResult, register
 
@@ -38,9 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="oneclick-register",
         description="Register MOVING onto FIXED with one click and write the results to OUTDIR.",
     )
-    parser.add_argument("fixed", type=Path)
-    parser.add_argument("moving", type=Path)
-    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
+    parser.add_argument("fixed", type=Path, metavar="FIXED", help="fixed image file (NRRD, NIfTI, MHA, ...)")
+    parser.add_argument("moving", type=Path, metavar="MOVING", help="moving image file")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR",
+                        help="folder for transform.tfm, registered.nrrd, report.json and overlay.png")
     parser.add_argument("--fixed-modality", choices=MODALITY_CHOICES, type=str.upper)
     parser.add_argument("--moving-modality", choices=MODALITY_CHOICES, type=str.upper)
     parser.add_argument("--fixed-volume-index", type=int, default=None, help="volume of a 4D fixed file")
@@ -66,6 +68,7 @@ def register_files(
     progress: TerminalProgress | None = None,
 ) -> RegistrationResult:
     """Read two files, register them and write the outputs (used by the single and batch commands)."""
+    check_output_folder(outdir)  # before any work: not after a whole registration
     if progress is not None:
         progress(0.0, f"Reading {fixed_path.name} and {moving_path.name}")
     fixed = read_image(fixed_path, role="fixed image", volume_index=fixed_volume_index,
@@ -97,13 +100,22 @@ def register_files(
 
 
 def summary_line(result: RegistrationResult) -> str:
-    before = "n/a" if result.score_before.value is None else f"{result.score_before.value:.4f}"
-    after = "n/a" if result.score_after.value is None else f"{result.score_after.value:.4f}"
+    before = "n/a" if result.score_before.value is None else f"{result.score_before.value:.4g}"
+    after = "n/a" if result.score_after.value is None else f"{result.score_after.value:.4g}"
     return (
         f"{result.moving_modality.modality.value} -> {result.fixed_modality.modality.value} "
         f"with {result.engine} ({result.preset.name}): {result.metric.upper()} {before} -> {after}, "
         f"verdict {result.verdict.label.upper()}, {result.elapsed_s:.1f} s"
     )
+
+
+def print_result(result: RegistrationResult) -> None:
+    """The summary, the verdict's reasons and the notes (which engine ran when the preferred one could not)."""
+    print(summary_line(result))
+    for reason in result.verdict.reasons:
+        print(f"  - {reason}")
+    for note in result.notes:
+        print(f"  Note: {note}")
 
 
 def main(argv: list[str]) -> int:
@@ -125,9 +137,7 @@ def main(argv: list[str]) -> int:
             moving_volume_index=args.moving_volume_index,
             progress=TerminalProgress(enabled=not args.quiet),
         )
-        print(summary_line(result))
-        for reason in result.verdict.reasons:
-            print(f"  - {reason}")
+        print_result(result)
         print(f"Outputs in {args.output}")
         return EXIT_OK
 
