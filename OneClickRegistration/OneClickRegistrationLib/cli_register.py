@@ -69,7 +69,7 @@ def register_files(
 ) -> RegistrationResult:
     """Read two files, register them and write the outputs (used by the single and batch commands)."""
     check_output_folder(outdir)  # before any work: not after a whole registration
-    if progress is not None:
+    if progress is not None and fixed_path.is_file() and moving_path.is_file():  # else: one error line only
         progress(0.0, f"Reading {fixed_path.name} and {moving_path.name}")
     fixed = read_image(fixed_path, role="fixed image", volume_index=fixed_volume_index,
                        index_option="--fixed-volume-index")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .images import write_image, write_text, write_transform
 from .interrupts import deferred
-from .overlay import write_overlay
+from .overlay import caption_for, write_overlay
 from .pipeline import RegistrationResult
 
 TRANSFORM_FILE = "transform.tfm"
@@ -45,7 +45,8 @@ def write_outputs(
         write_transform(result.transform, staging / TRANSFORM_FILE)
         write_image(result.registered, staging / REGISTERED_FILE)
         write_overlay(fixed_image, result.registered, staging / OVERLAY_FILE,
-                      fill_value=result.preset.moving_fill_value)
+                      fill_value=result.preset.moving_fill_value, transform=result.transform,
+                      caption=caption_for(result))
         report = result.to_report()
         report["outputs"] = {name: str(path) for name, path in final.items() if name != "report"}
         if extra:
