@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import CancelledError, EngineError
+from ..errors import EngineError
 from ..presets import level_shrink_factors
 from ..transforms import as_affine, as_euler
 from .base import (
@@ -161,7 +161,7 @@ class SimpleITKEngine:
                     log_tail=tuple(log[-10:]),
                 ) from None
             if cancelled:
-                raise CancelledError("The SimpleITK registration was cancelled.")
+                check_cancel(options, self.name)
             transform = _unwrap(result)
             value = method.GetMetricValue()
             log.append(
