@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -66,7 +67,7 @@ class TerminalProgress:
                 print(file=sys.stderr)
             return
         decile = int(fraction * 10)
-        stage = message.split(" ", 1)[0].rstrip(":")  # a new stage always gets its line
+        stage = re.sub(r"[\d.]+", "#", message)  # a new stage (not a new count) always gets its line
         if decile != self._last_decile or stage != self._last_stage:
             self._last_decile, self._last_stage = decile, stage
             print(f"{self.prefix}{fraction:4.0%} {message}", file=sys.stderr, flush=True)
