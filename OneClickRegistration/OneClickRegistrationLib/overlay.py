@@ -73,7 +73,9 @@ class Caption:
             return "n/a" if value is None else f"{value:.4g}"
 
         first = f"{self.moving_modality or 'moving'} onto {self.fixed_modality or 'fixed'}"
-        if self.engine:
+        if self.engine == "none":  # judge_transform: a transform made elsewhere
+            first += ", transform made elsewhere"
+        elif self.engine:
             first += f" with {self.engine}"
         second = f"{self.metric.upper() or 'score'} {fmt(self.score_before)} -> {fmt(self.score_after)}"
         if self.verdict:

@@ -126,3 +126,18 @@ def test_a_2_mm_error_is_visible_in_the_after_view(axis_lps: int, view: str, ima
     assert abs(abs(measured) - expected) <= 1.0, (measured, expected)
     # and most of the edge pixels moved: the picture is visibly different from the truth's
     assert np.sum(truth_edges & wrong_edges) < 0.5 * truth_edges.sum()
+
+
+def test_every_registration_output_has_the_sheet_with_its_caption(tmp_path: Path,
+                                                                  t1_t2_pair: synthetic.SyntheticPair) -> None:
+    from OneClickRegistrationLib import judge_transform, outputs
+
+    result = judge_transform(t1_t2_pair.fixed, t1_t2_pair.moving, t1_t2_pair.truth,
+                             fixed_modality="T1", moving_modality="T2")
+    written = outputs.write_outputs(result, t1_t2_pair.fixed, tmp_path / "out")
+    sheet = sitk.ReadImage(str(written["overlay"]))
+    side = 3 * overlay.VIEW_PIXELS + 2 * overlay.GAP_PIXELS
+    assert sheet.GetSize() == (side, side + overlay.HEADER_PIXELS + overlay.FOOTER_PIXELS)
+    first, second = overlay.caption_for(result).lines()
+    assert first == "T2 onto T1, transform made elsewhere"
+    assert second.startswith(result.metric.upper()) and second.endswith(f"verdict: {result.verdict.label.upper()}")
