@@ -332,16 +332,21 @@ def _checked_transform(transform: sitk.Transform | None) -> sitk.Transform:
     return transform
 
 
-def _mask_array(mask: sitk.Image, reference: sitk.Image, role: str, reference_role: str) -> np.ndarray:
-    """Boolean (z, y, x) foreground of ``mask``, which must lie on ``reference``'s grid."""
-    check_volume(mask, role=role)
-    _check_scalar(mask, role)
-    if not same_grid(mask, reference):
+def _values_on_grid(image: sitk.Image, reference: sitk.Image, role: str, reference_role: str) -> np.ndarray:
+    """The (z, y, x) values of ``image``, a scalar volume that must lie on ``reference``'s grid."""
+    check_volume(image, role=role)
+    _check_scalar(image, role)
+    if not same_grid(image, reference):
         raise InputError(
             f"The {role} must lie on the {reference_role}'s voxel grid. {role.capitalize()}: "
-            f"{grid_text(mask)}; {reference_role}: {grid_text(reference)}."
+            f"{grid_text(image)}; {reference_role}: {grid_text(reference)}."
         )
-    values = sitk.GetArrayViewFromImage(mask)
+    return sitk.GetArrayViewFromImage(image)
+
+
+def _mask_array(mask: sitk.Image, reference: sitk.Image, role: str, reference_role: str) -> np.ndarray:
+    """Boolean (z, y, x) foreground of ``mask``, which must lie on ``reference``'s grid."""
+    values = _values_on_grid(mask, reference, role, reference_role)
     if values.dtype.kind == "f" and not np.all((values == 0) | (values == 1)):
         raise InputError(
             f"The {role} has a floating-point pixel type, so it must contain only 0 and 1; it has other "
@@ -359,14 +364,7 @@ def _resample_mask(mask: sitk.Image, fixed: sitk.Image, transform: sitk.Transfor
 def _on_fixed_grid(data: sitk.Image | np.ndarray, fixed: sitk.Image, role: str) -> np.ndarray:
     shape = tuple(reversed(fixed.GetSize()))
     if isinstance(data, sitk.Image):
-        check_volume(data, role=role)
-        _check_scalar(data, role)
-        if not same_grid(data, fixed):
-            raise InputError(
-                f"The {role} must lie on the fixed image's voxel grid. {role.capitalize()}: "
-                f"{grid_text(data)}; fixed image: {grid_text(fixed)}."
-            )
-        return sitk.GetArrayViewFromImage(data)
+        return _values_on_grid(data, fixed, role, "fixed image")
     if not isinstance(data, np.ndarray):
         raise InputError(
             f"The {role} must be a SimpleITK image or a numpy array; received {type(data).__name__}.")
