@@ -8,7 +8,6 @@ executable runner is driven through the project's real process runner against a 
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -543,7 +542,7 @@ def test_executable_runner_passes_paths_unmangled_and_returns_the_transform(bin_
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
     # One progress step per iteration line the program printed, each further along than the last.
     per_iteration = [f for f, m in progress if "iteration" in m]
-    assert len(per_iteration) == 6 and all(a < b for a, b in itertools.pairwise(per_iteration))
+    assert len(per_iteration) == 6 and all(a < b for a, b in zip(per_iteration, per_iteration[1:]))
     assert per_iteration[0] > 0.05 and per_iteration[-1] < 0.95
 
 

@@ -26,6 +26,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -64,7 +65,7 @@ _FINAL_METRIC_LINE = re.compile(r"Final metric value\s*=\s*(\S+)")
 _DEFAULT_NOTE = re.compile(r"^(WARNING: The parameter \"\w+\", requested at entry|\s+The default value )")
 _PARAMETER_LINE = re.compile(r"^\s*\(\s*(\w+)\s*(.*?)\s*\)\s*(?://.*)?$")
 
-ParameterValue = str | int | float | bool
+ParameterValue = Union[str, int, float, bool]  # evaluated at import: no PEP 604 on Python 3.9
 ParameterValues = tuple[ParameterValue, ...]
 
 
