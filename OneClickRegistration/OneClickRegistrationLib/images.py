@@ -53,6 +53,12 @@ def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
             and np.allclose(a.GetDirection(), b.GetDirection(), rtol=0.0, atol=GRID_TOLERANCE))
 
 
+def grid_center(image: sitk.Image) -> np.ndarray:
+    """Physical (LPS) position of the centre of an image's voxel grid."""
+    size = np.asarray(image.GetSize(), dtype=float)
+    return np.asarray(image.TransformContinuousIndexToPhysicalPoint(((size - 1.0) / 2.0).tolist()))
+
+
 def grid_text(image: sitk.Image) -> str:
     """An image's voxel grid in words (size, spacing, origin, direction), for error messages."""
     def fmt(values: Sequence[float]) -> str:

@@ -6,6 +6,7 @@ All transforms here follow the ITK resampling convention (fixed -> moving, LPS).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -69,17 +70,51 @@ def nearest_rotation(matrix: np.ndarray) -> np.ndarray:
     return rotation
 
 
+def is_rotation(linear: np.ndarray, *, atol: float = 1e-6) -> bool:
+    """True when a 3x3 matrix is a proper rotation (orthonormal, no reflection) within ``atol``."""
+    return bool(np.allclose(linear.T @ linear, np.eye(3), atol=atol) and np.linalg.det(linear) > 0)
+
+
+def rigid_from_matrix(
+    matrix: np.ndarray,
+    center: Sequence[float] | None = None,
+    *,
+    kind: Callable[[], sitk.Transform] = sitk.Euler3DTransform,
+) -> sitk.Transform:
+    """A rigid transform (``kind``: Euler3D, VersorRigid3D, ...) with the 4x4 matrix's translation and
+    the rotation nearest its linear part, expressed around ``center``."""
+    c = np.zeros(3) if center is None else np.asarray(center, dtype=float)
+    rotation = nearest_rotation(matrix[:3, :3])
+    rigid = kind()
+    rigid.SetCenter(tuple(float(v) for v in c))  # type: ignore[attr-defined]
+    rigid.SetMatrix(tuple(rotation.ravel()))  # type: ignore[attr-defined]
+    # x -> R(x - c) + c + t  ==  R x + (c - R c + t)  must equal  R x + b
+    rigid.SetTranslation(tuple(matrix[:3, 3] - c + rotation @ c))  # type: ignore[attr-defined]
+    return rigid
+
+
+def linear_from_matrix(
+    matrix: np.ndarray,
+    center: Sequence[float] | None = None,
+    *,
+    rigid: bool | None = None,
+    rigid_kind: Callable[[], sitk.Transform] = sitk.Euler3DTransform,
+    atol: float = 1e-6,
+) -> sitk.Transform:
+    """One ITK transform for a 4x4 matrix: rigid (``rigid_kind``) or affine, around ``center``.
+
+    ``rigid=None`` chooses rigid exactly when the linear part is a rotation within ``atol``.
+    """
+    if rigid is None:
+        rigid = is_rotation(matrix[:3, :3], atol=atol)
+    if rigid:
+        return rigid_from_matrix(matrix, center, kind=rigid_kind)
+    return affine_from_matrix(matrix, None if center is None else tuple(float(v) for v in center))
+
+
 def as_euler(transform: sitk.Transform) -> sitk.Euler3DTransform:
     """A linear transform as an Euler3DTransform (its linear part projected onto a rotation)."""
-    matrix = to_matrix(transform)
-    center = _center_of(transform) or (0.0, 0.0, 0.0)
-    euler = sitk.Euler3DTransform()
-    euler.SetCenter(center)
-    rotation = nearest_rotation(matrix[:3, :3])
-    euler.SetMatrix(tuple(rotation.ravel()))
-    c = np.asarray(center)
-    euler.SetTranslation(tuple(matrix[:3, 3] - c + rotation @ c))
-    return euler
+    return rigid_from_matrix(to_matrix(transform), _center_of(transform))  # type: ignore[return-value]
 
 
 def rotation_angle_deg(matrix: np.ndarray) -> float:
