@@ -39,9 +39,8 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (
     add_peers_option,
-    find_peer_file,
+    locate_peer,
     make_case_pair,
-    peer_missing,
     print_table,
     random_cases,
     summarize,
@@ -228,22 +227,12 @@ def main() -> None:
     print(f"runner: {ae.AntsEngine().runner().detail}")
 
     peers: list[PeerStage] = []
-    slicerants = find_peer_file(SLICERANTS_FILE, args.peers)
-    synquick_script = find_peer_file(SYNQUICK_FILE, args.peers)
-    if "slicerants" not in args.columns:
-        print("SlicerANTs-Rigid column not asked for (--columns)")
-    elif slicerants is None:
-        print(peer_missing(SLICERANTS_FILE, "SlicerANTs-Rigid"))
-    else:
-        print(f"SlicerANTs-Rigid: {slicerants}")
+    slicerants = locate_peer(SLICERANTS_FILE, "SlicerANTs-Rigid", args.peers, wanted="slicerants" in args.columns)
+    if slicerants is not None:
         peers.append(slicerants_rigid(slicerants))
     synquick_small = synquick_large = None
-    if "synquick" not in args.columns:
-        print("SyNQuick-rigid column not asked for (--columns)")
-    elif synquick_script is None:
-        print(peer_missing(SYNQUICK_FILE, "SyNQuick-rigid"))
-    else:
-        print(f"SyNQuick-rigid: {synquick_script}")
+    synquick_script = locate_peer(SYNQUICK_FILE, "SyNQuick-rigid", args.peers, wanted="synquick" in args.columns)
+    if synquick_script is not None:
         synquick_small = synquick_rigid(synquick_script, large_image=False)
         synquick_large = synquick_rigid(synquick_script, large_image=True)
     for peer in [*peers, synquick_small]:

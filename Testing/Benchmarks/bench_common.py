@@ -54,10 +54,19 @@ def find_peer_file(name: str, peers: Path | None) -> Path | None:
     return matches[0] if matches else None
 
 
-def peer_missing(name: str, column: str) -> str:
-    """The message printed when a peer's file is not found and its column is skipped."""
-    return (f"{name} not found below --peers / ${PEERS_ENV}: the {column} column is skipped "
-            "(pass a folder or git checkout that contains it).")
+def locate_peer(name: str, column: str, peers: Path | None, *, wanted: bool = True) -> Path | None:
+    """The file called ``name`` for the peer ``column``; prints which file is used or why the column
+    is skipped (not asked for, or not found)."""
+    if not wanted:
+        print(f"{column}: column not asked for")
+        return None
+    path = find_peer_file(name, peers)
+    if path is None:
+        print(f"{column}: {name} not found below --peers / ${PEERS_ENV}; column skipped "
+              "(pass a folder or git checkout that contains it)")
+    else:
+        print(f"{column}: {path}")
+    return path
 
 
 # --- our side ------------------------------------------------------------------------------------

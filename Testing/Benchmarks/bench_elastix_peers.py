@@ -105,13 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     elastix = str(ElastixEngine(EngineSettings()).executable())
     ours_run = ours(RegistrationOptions(engine="elastix", recover=not args.no_recover))
-    peer_file = bc.find_peer_file(PEER_PARAMETER_FILE, args.peers)
-    peer_parameters = None
-    if peer_file is None:
-        print(bc.peer_missing(PEER_PARAMETER_FILE, PEER))
-    else:
-        peer_parameters = peer_file.read_text(encoding="utf-8")
-        print(f"Peer: {peer_file}")
+    peer_file = bc.locate_peer(PEER_PARAMETER_FILE, PEER, args.peers)
+    peer_parameters = peer_file.read_text(encoding="utf-8") if peer_file is not None else None
     print(f"{availability.detail}; coarsen {args.coarsen}; {args.per_pair} cases per pair; "
           f"recovery {'off' if args.no_recover else 'on'}")
 
