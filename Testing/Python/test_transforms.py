@@ -33,19 +33,13 @@ def test_rigid_from_matrix_maps_points_like_the_matrix(kind, center) -> None:
         assert rigid.GetCenter() == pytest.approx(center)
 
 
-def test_linear_from_matrix_chooses_rigid_only_for_a_rotation() -> None:
-    rotation = _rigid_matrix()
-    sheared = rotation.copy()
-    sheared[0, 1] += 0.05
-    assert transforms.linear_from_matrix(rotation).GetName() == "Euler3DTransform"
-    assert transforms.linear_from_matrix(sheared).GetName() == "AffineTransform"
-    assert transforms.linear_from_matrix(rotation, rigid=False).GetName() == "AffineTransform"
-    for matrix in (rotation, sheared):
-        expected = POINTS @ matrix[:3, :3].T + matrix[:3, 3]
-        np.testing.assert_allclose(_mapped(transforms.linear_from_matrix(matrix, (1.0, 2.0, 3.0))), expected,
-                                   atol=1e-9)
-    mirrored = np.diag([-1.0, 1.0, 1.0, 1.0])
-    assert not transforms.is_rotation(mirrored[:3, :3])
+def test_versor_rigid_is_the_same_map_around_the_given_centre() -> None:
+    euler = transforms.rigid_from_matrix(_rigid_matrix())
+    versor = transforms.as_versor_rigid(euler, (10.0, -20.0, 30.0))
+    assert versor.GetName() == "VersorRigid3DTransform" and versor.GetCenter() == pytest.approx((10.0, -20.0, 30.0))
+    np.testing.assert_allclose(_mapped(versor), _mapped(euler), atol=1e-9)
+    mirrored = np.diag([-1.0, 1.0, 1.0])
+    assert transforms.is_rotation(_rigid_matrix()[:3, :3]) and not transforms.is_rotation(mirrored)
 
 
 def test_grid_center_is_the_middle_of_the_voxel_grid() -> None:
