@@ -201,21 +201,21 @@ def test_an_interrupt_stops_recovery_candidates_running_in_worker_threads(
     # raised where the main thread runs Python during recovery (its progress callback), because the
     # point is what happens next: the candidates already running in the workers must stop, not run
     # to the end while the command waits for them. The engines and threads are real.
-    from OneClickRegistrationLib import pipeline
+    from OneClickRegistrationLib import pipeline, recovery
     from OneClickRegistrationLib.errors import CancelledError
 
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    real_run_engine = pipeline.run_engine
+    real_run_attempt = recovery.run_attempt
     stopped: list[str] = []
 
-    def watched_run_engine(name, pair, preset, initial, options):
+    def watched_run_attempt(*args, **kwargs):
         try:
-            return real_run_engine(name, pair, preset, initial, options)
+            return real_run_attempt(*args, **kwargs)
         except CancelledError:
             stopped.append(threading.current_thread().name)
             raise
 
-    monkeypatch.setattr(pipeline, "run_engine", watched_run_engine)
+    monkeypatch.setattr(recovery, "run_attempt", watched_run_attempt)
 
     def progress(fraction: float, message: str) -> None:
         if message.startswith("Candidate 1/"):
