@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .cli_common import EXIT_OK, QuietParser, TerminalProgress, guarded
 from .engines import ENGINE_NAMES
+from .engines.base import CancelCheck, ProgressCallback
 from .images import read_image
 from .modality import Modality, metadata_from_file
 from .outputs import write_outputs
@@ -63,7 +64,9 @@ def register_files(
     keep_temp: bool = False,
     fixed_volume_index: int | None = None,
     moving_volume_index: int | None = None,
-    progress: TerminalProgress | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+    threads: int | None = None,
 ) -> RegistrationResult:
     """Read two files, register them and write the outputs (used by the single and batch commands)."""
     fixed = read_image(fixed_path, role="fixed image", volume_index=fixed_volume_index,
@@ -78,6 +81,8 @@ def register_files(
         engine=engine,
         transform=transform,  # type: ignore[arg-type]
         progress=progress,
+        cancel=cancel,
+        threads=threads,
         fixed_name=fixed_path.name,
         moving_name=moving_path.name,
         fixed_metadata=metadata_from_file(fixed_path),

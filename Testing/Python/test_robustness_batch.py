@@ -84,7 +84,7 @@ def test_batch_completes_the_good_pairs_and_reports_each_bad_one(pair_folder, tm
         "constant": "is constant (every voxel is 5)",
         "4D": "4D image with 2 volumes",
         "no_engine": "The brainsfit engine was requested but is not available",
-        "no_moving": "row 9 has no moving image path",
+        "no_moving": "Row 9 of the pairs file has no moving image path",
     }
     for name, words in expected.items():
         assert summary[name]["status"] == "error" and words in summary[name]["error"], summary[name]
