@@ -141,7 +141,9 @@ def recover_best(
         first_engine,
         "first result",
     )
-    workers = max(1, (os.cpu_count() or 1) // 2) if (os.cpu_count() or 1) >= 4 else 1
+    # A thread budget (a batch running several pairs per machine) bounds the candidates run at once too.
+    cores = threads or os.cpu_count() or 1
+    workers = max(1, cores // 2) if cores >= 4 else 1
 
     def attempt(
         candidate: Candidate,
