@@ -102,7 +102,14 @@ def _running_engine(client: distributed.Client, key_part: str) -> tuple[str, int
                 children = psutil.Process(pids[address]).children(recursive=True)
             except psutil.Error:
                 continue
-            if any("elastix" in child.name() for child in children):
+            try:  # the registration itself, not the adapter's "elastix --version" probe
+                command = next((c.cmdline() for c in children if "elastix" in c.name() and "-out" in c.cmdline()), None)
+            except psutil.Error:
+                continue
+            if command:
+                # two pairs at a time on this machine: each engine gets half the cores
+                threads = max(1, len(os.sched_getaffinity(0)) // 2)
+                assert command[command.index("-threads") + 1] == str(threads), command
                 return address, pids[address]
     return None
 
