@@ -367,7 +367,9 @@ def outcome_line(index: int, total: int, outcome: PairOutcome) -> str:
     label = f"[{index}/{total}] {row['name']} "
     if row["status"] == OK:
         kept = " (complete before; kept)" if outcome.skipped else ""
-        return f"{label}{row.get('verdict')} ({str(row.get('metric')).upper()} {row.get('score_after')}){kept}"
+        score = row.get("score_after")
+        shown = f"{score:.4f}" if isinstance(score, float) else "n/a"
+        return f"{label}{row.get('verdict')} ({str(row.get('metric')).upper()} {shown}){kept}"
     if row["status"] == ERROR:
         return f"{label}FAILED: {row.get('error')}"
     return f"{label}{row['status']}"

@@ -122,6 +122,8 @@ def _register_on_worker(
     finally:
         with _lock:
             _running[batch].discard(pair.name)
+            if not _running[batch]:
+                del _running[batch]
     return PairOutcome(outcome.row, where=str(worker.address), threads=outcome.threads,
                        resources=outcome.resources, skipped=outcome.skipped)
 
