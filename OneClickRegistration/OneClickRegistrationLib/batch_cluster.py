@@ -21,6 +21,7 @@ from typing import Any
 from .batch import (
     ERROR,
     INTERRUPTED,
+    OK,
     BatchOptions,
     BatchProgress,
     Pair,
@@ -159,14 +160,15 @@ def run_on_client(client: Any, pairs: Sequence[Pair], output: Path, options: Bat
     finished = 0
     try:
         for future in as_completed(futures):
-            index = futures.pop(future)
+            index = futures[future]
             try:
                 outcome = future.result()
             except Exception as exc:  # the task itself never raises for a bad pair: this is the cluster's word
                 outcome = PairOutcome(summary_row(pairs[index], ERROR, error=_failure_message(exc)))
             outcomes[index] = outcome
+            del futures[future]  # only now: a Ctrl-C in between still finds the pair in ``futures``
             finished += 1
-            progress.done(outcome_line(finished, len(pairs), outcome), failed=outcome.row["status"] != "ok")
+            progress.done(outcome_line(finished, len(pairs), outcome), failed=outcome.row["status"] != OK)
     except KeyboardInterrupt:
         _stop(client, batch, pairs, futures, outcomes)
         raise
@@ -181,6 +183,10 @@ def _stop(client: Any, batch: str, pairs: Sequence[Pair], futures: dict[Any, int
             running.update(names)
     except Exception:  # a cluster in trouble must not stop the summary from being written
         pass
+    for future, index in list(futures.items()):
+        if future.status == "finished":  # done before the stop reached it: keep its row
+            outcomes[index] = future.result()
+            del futures[future]
     waiting = [f for f, i in futures.items() if pairs[i].name in running]
     client.cancel([f for f, i in futures.items() if pairs[i].name not in running])
     deadline = time.monotonic() + STOP_GRACE_S
