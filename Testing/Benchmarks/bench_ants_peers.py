@@ -34,6 +34,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -187,16 +188,22 @@ def synquick_rigid(git_dir: Path, *, large_image: bool) -> PeerStage:
 
 # --- running -------------------------------------------------------------------------------------
 
+def _zero_based(image: sitk.Image) -> sitk.Image:
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    return sitk.ShiftScale(image, -float(np.min(sitk.GetArrayViewFromImage(image))), 1.0)
+
+
 def run_peer(peer: PeerStage, fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
     runner = ae.AntsEngine().runner()
     with engine_workdir("ants-peer") as folder:
-        f = os.fspath(write_image(ae.zero_based(fixed), folder / "fixed.mha", compress=False))
-        m = os.fspath(write_image(ae.zero_based(moving), folder / "moving.mha", compress=False))
+        # The peers start from ANTs' own intensity centre of mass, which needs non-negative intensities.
+        f = os.fspath(write_image(_zero_based(fixed), folder / "fixed.mha", compress=False))
+        m = os.fspath(write_image(_zero_based(moving), folder / "moving.mha", compress=False))
         prefix = os.fspath(folder / "peer_")
         arguments = peer.arguments(f, m, prefix)
         outcome = run_process(runner.command(arguments, folder / "arguments.json"), name=peer.name,
                               cwd=folder, env=dict(os.environ))
-        ae._raise_on_caught_exception(outcome.log, runner.kind)
+        ae._raise_on_caught_exception(outcome.log, peer.name)
         return ae.result_transform(prefix + ae.RESULT_SUFFIX, transform_kind="rigid")
 
 

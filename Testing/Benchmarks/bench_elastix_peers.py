@@ -43,6 +43,7 @@ import bench_common as bc
 from OneClickRegistrationLib import synthetic
 from OneClickRegistrationLib.engines.base import EngineRequest, EngineSettings, RunOptions
 from OneClickRegistrationLib.engines.elastix_engine import ElastixEngine, transform_from_parameter_file
+from OneClickRegistrationLib.preparation import initial_alignment, prepare_pair
 from OneClickRegistrationLib.presets import preset_for
 
 PAIRS = [("T1", "T1"), ("T1", "T2"), ("T1", "FLAIR"), ("T1", "CT")]
@@ -114,7 +115,10 @@ def ours_with_adapter(pair: synthetic.SyntheticPair, notes: dict[str, object]) -
         fixed = sitk.Clamp(fixed, sitk.sitkFloat32, *preset.fixed_ct_window)
     if preset.moving_ct_window is not None:
         moving = sitk.Clamp(moving, sitk.sitkFloat32, *preset.moving_ct_window)
-    request = EngineRequest(fixed=fixed, moving=moving, preset=preset, transform_kind=preset.transform)
+    # The start the pipeline gives every engine (engines no longer initialize themselves).
+    initial = initial_alignment(prepare_pair(pair.fixed, pair.moving, preset), preset.initialization)
+    request = EngineRequest(fixed=fixed, moving=moving, preset=preset, transform_kind=preset.transform,
+                            initial_transform=initial)
     start = time.perf_counter()
     transform = ElastixEngine(EngineSettings()).run(request, RunOptions()).transform
     notes["engine_s"] = time.perf_counter() - start
