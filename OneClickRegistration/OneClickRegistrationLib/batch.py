@@ -17,7 +17,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ class PairOutcome:
     where: str = "local"
     threads: int | None = None
     resources: ResourceUse | None = None
-    skipped: bool = field(default=False)
+    skipped: bool = False
 
 
 def _safe_name(text: str, index: int) -> str:

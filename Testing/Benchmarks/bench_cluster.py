@@ -55,10 +55,12 @@ def main() -> None:
             pairs.append(Pair(name=name, fixed=f"{name}_fixed.nrrd", moving=f"{name}_moving.nrrd", base=root))
             truths[name] = synthetic_pair
         load_before = os.getloadavg()
-        runs = {}
+        runs, idle_mb = {}, {}
         for workers in (1, args.workers):
             with cluster_client(workers=workers) as client:
-                client.run(lambda: None)  # the workers are up before the clock starts
+                # the workers are up before the clock starts; their size before any pair, for comparison
+                idle = client.run(lambda: __import__("psutil").Process().memory_info().rss / 1e6)
+                idle_mb[workers] = round(max(idle.values()), 1)
                 start = time.perf_counter()
                 outcomes = register_batch(pairs, root / f"out-{workers}", options=options, client=client,
                                           show_progress=False)
@@ -91,6 +93,8 @@ def main() -> None:
         f"wall_s_{many}_workers": round(wall_many, 1),
         "throughput_ratio": round(wall_one / wall_many, 3),
         "pairs_per_hour_per_core": round(len(pairs) / (wall_many / 3600) / cores, 1),
+        "idle_worker_mb": idle_mb[many],
+        "max_peak_mb_per_pair": max(float(r.get(f"peak_mb_{many}w", 0.0)) for r in per_pair),
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in load_after],
     }
