@@ -7,10 +7,11 @@ from pathlib import Path
 
 from .cli_common import EXIT_OK, QuietParser, TerminalProgress, guarded
 from .engines import ENGINE_NAMES
-from .images import read_image
+from .images import read_image, read_transform
 from .modality import Modality, metadata_from_file
 from .outputs import write_outputs
 from .pipeline import RegistrationResult, register
+from .progress_lines import ProgressLines, guarded_with_events
 
 MODALITY_CHOICES = [m.value for m in Modality]
 
@@ -31,6 +32,8 @@ def add_registration_options(parser: argparse.ArgumentParser) -> None:
         "--keep-temp", action="store_true", help="keep the engine's temporary folder (debugging)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--progress-lines", action="store_true",
+                        help="progress and outcome as JSON lines on stdout (for a parent program)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--moving-modality", choices=MODALITY_CHOICES, type=str.upper)
     parser.add_argument("--fixed-volume-index", type=int, default=None, help="volume of a 4D fixed file")
     parser.add_argument("--moving-volume-index", type=int, default=None, help="volume of a 4D moving file")
+    parser.add_argument("--initial-transform", type=Path, default=None, metavar="T",
+                        help="ITK transform file (fixed->moving) to start from instead of the automatic one")
     add_registration_options(parser)
     return parser
 
@@ -63,7 +68,8 @@ def register_files(
     keep_temp: bool = False,
     fixed_volume_index: int | None = None,
     moving_volume_index: int | None = None,
-    progress: TerminalProgress | None = None,
+    initial_transform: Path | None = None,
+    progress: TerminalProgress | ProgressLines | None = None,
 ) -> RegistrationResult:
     """Read two files, register them and write the outputs (used by the single and batch commands)."""
     fixed = read_image(fixed_path, role="fixed image", volume_index=fixed_volume_index,
@@ -85,6 +91,7 @@ def register_files(
         keep_temp=keep_temp,
         timeout_s=timeout_s,
         recover=recover,
+        initial_transform=read_transform(initial_transform) if initial_transform is not None else None,
     )
     write_outputs(
         result, fixed, outdir, extra={"fixed_file": str(fixed_path), "moving_file": str(moving_path)}
@@ -104,6 +111,7 @@ def summary_line(result: RegistrationResult) -> str:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    lines = ProgressLines() if args.progress_lines else None
 
     def run() -> int:
         result = register_files(
@@ -119,12 +127,16 @@ def main(argv: list[str]) -> int:
             keep_temp=args.keep_temp,
             fixed_volume_index=args.fixed_volume_index,
             moving_volume_index=args.moving_volume_index,
-            progress=TerminalProgress(enabled=not args.quiet),
+            initial_transform=args.initial_transform,
+            progress=lines if lines is not None else TerminalProgress(enabled=not args.quiet),
         )
+        if lines is not None:
+            lines.done(outdir=str(args.output), verdict=result.verdict.label)
+            return EXIT_OK
         print(summary_line(result))
         for reason in result.verdict.reasons:
             print(f"  - {reason}")
         print(f"Outputs in {args.output}")
         return EXIT_OK
 
-    return guarded(run)
+    return guarded(run) if lines is None else guarded_with_events(run, lines)

@@ -199,12 +199,15 @@ def register(
     recover: bool = True,
     time_budget_s: float | None = None,
     threads: int | None = None,
+    initial_transform: sitk.Transform | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` with no question asked.
 
     Modalities are detected unless given ("T1", "T2", "FLAIR", "CT", "MR"); the engine is the
     preset's first installed one unless given. ``progress(fraction, message)`` is called as work
-    advances; ``cancel()`` returning True stops the run (:class:`CancelledError`). Raises the errors
+    advances; ``cancel()`` returning True stops the run (:class:`CancelledError`). An
+    ``initial_transform`` (fixed->moving, e.g. a manual pre-alignment) replaces the automatic
+    initialization as the starting point. Raises the errors
     of :mod:`.errors`; never modifies its inputs.
     """
     start = time.perf_counter()
@@ -222,7 +225,7 @@ def register(
     report(0.02, f"Preparing the images ({preset.name})")
     pair = prepare_pair(fixed, moving, preset, fixed_mask=fixed_mask, moving_mask=moving_mask)
     notes.extend(pair.notes)
-    initial = initial_alignment(pair, preset.initialization)
+    initial = initial_alignment(pair, preset.initialization) if initial_transform is None else initial_transform
     metric = preset.score_metric
     score_before = _score(pair, None, metric)
     options = RunOptions(
