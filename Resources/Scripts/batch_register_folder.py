@@ -108,7 +108,8 @@ def slicer_case_runner(args: argparse.Namespace) -> RegisterCase:
     """Loads, registers and saves one case with MRML nodes (Slicer, or the slicer-core wheel)."""
     import slicer
 
-    import OneClickRegistrationSceneGlue as glue
+    from OneClickRegistrationSlicer import registration as glue
+    from OneClickRegistrationSlicer.results_table import resultRow
 
     scene = getattr(slicer, "mrmlScene", None) or slicer.vtkMRMLScene()
     try:  # inside Slicer: the module's logic (configures SlicerElastix, BRAINSFit...)
@@ -129,15 +130,15 @@ def slicer_case_runner(args: argparse.Namespace) -> RegisterCase:
             created.append(moving)
             applied = register_nodes(fixed, moving, createResampledVolume=args.resampled, showResult=False,
                                      **options)
-            created += [applied.transform_node, applied.resampled_node]
+            created += [applied.transformNode, applied.resampledNode]
             case_dir.mkdir(parents=True, exist_ok=True)
             transform_file = case_dir / "transform.tfm"
-            glue.saveNodeToFile(applied.transform_node, str(transform_file))
-            if applied.resampled_node is not None:
-                glue.saveNodeToFile(applied.resampled_node, str(case_dir / "moving_registered.nrrd"))
-            (case_dir / "report.json").write_text(json.dumps(applied.result.to_report(), indent=2),
+            glue.saveNodeToFile(applied.transformNode, str(transform_file))
+            if applied.resampledNode is not None:
+                glue.saveNodeToFile(applied.resampledNode, str(case_dir / "moving_registered.nrrd"))
+            (case_dir / "report.json").write_text(json.dumps(applied.outcome.report, indent=2),
                                                   encoding="utf-8")
-            row = glue.resultRow(applied.result, fixedName=fixed_file.name, movingName=moving_file.name)
+            row = resultRow(applied.outcome, fixedName=fixed_file.name, movingName=moving_file.name)
             return {
                 "fixed_modality": row["Fixed modality"], "moving_modality": row["Moving modality"],
                 "preset": row["Preset"], "engine": row["Engine"], "metric": row["Metric"],
