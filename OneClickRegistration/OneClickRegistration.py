@@ -31,7 +31,7 @@ from slicer.util import VTKObservationMixin
 MODALITY_CHOICES = ("auto", "T1", "T2", "FLAIR", "CT", "MR")
 ENGINE_CHOICES = ("auto", "simpleitk", "elastix", "ants", "brainsfit")
 MINIMUM_SLICER_VERSION = "5.8"
-# Reloaded, deepest first, by the developer-mode Reload button (the module file itself is reloaded by Slicer).
+# Forgotten by the developer-mode Reload button, so that their next (lazy) import reads them afresh.
 LIBRARY_PACKAGES = ("OneClickRegistrationSlicer", "OneClickRegistrationLib")
 
 
@@ -89,6 +89,7 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._process = None  # the running child (qt.QProcess); the UI state is derived from it
+        self._endedProcess = None  # kept until the next run: a QObject must outlive its own signal's emission
         self._job = None  # its OneClickRegistrationSlicer.child_job.ChildJob
         self._context = None  # (kind, fixed, moving, output transform, create resampled volume)
         self._detection = None
@@ -123,9 +124,15 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.removeObservers()
 
     def onReload(self):
-        """Developer mode: reload the library packages too, not only this file."""
-        for name in sorted((m for m in sys.modules if m.split(".")[0] in LIBRARY_PACKAGES), key=len, reverse=True):
-            importlib.reload(sys.modules[name])
+        """Developer mode: reload the library packages too, not only this file.
+
+        This file imports them only inside functions, so dropping them from ``sys.modules`` is enough for
+        every later import to read the edited sources (in dependency order, which a per-module reload
+        would not guarantee).
+        """
+        for name in [m for m in sys.modules if m.split(".")[0] in LIBRARY_PACKAGES]:
+            del sys.modules[name]
+        importlib.invalidate_caches()
         ScriptedLoadableModuleWidget.onReload(self)
 
     def enter(self):
@@ -291,7 +298,7 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self._stopTimer.stop()
         job.feedStdout(bytes(process.readAllStandardOutput().data()))
         job.feedStderr(bytes(process.readAllStandardError().data()))
-        self._process = self._job = self._context = None
+        self._endedProcess, self._process, self._job, self._context = process, None, None, None
         self.ui.progressBar.hide()
         kind, fixedNode, movingNode, outputTransform, createResampledVolume = context
         try:
@@ -471,7 +478,7 @@ class OneClickRegistrationTest(ScriptedLoadableModuleTest):
 
         pair, fixed, moving = self._pair()
         slicer.util.selectModule("OneClickRegistration")
-        widget = slicer.modules.OneClickRegistrationWidget
+        widget = slicer.modules.oneclickregistration.widgetRepresentation().self()
         p = widget._parameterNode
         p.fixedVolume, p.movingVolume, p.engine = fixed, moving, "simpleitk"
         self.assertTrue(widget.ui.registerButton.enabled)
