@@ -74,8 +74,8 @@ def headerMetadata(metadata: Mapping[str, str]) -> dict[str, str]:
     header = {}
     for key, value in metadata.items():
         text = " ".join(str(value).split())
-        if not text or key == "DICOM.instanceUIDs":  # UIDs are long and say nothing about the modality
-            continue
+        if not text or key == "DICOM.instanceUIDs" or ":=" in key or not key.isprintable():
+            continue  # UIDs are long and say nothing about the modality; the others cannot be NRRD keys
         tag = re.fullmatch(r"\(?([0-9A-Fa-f]{4}),([0-9A-Fa-f]{4})\)?", key)
         header[f"{tag.group(1)}|{tag.group(2)}".lower() if tag else key] = text
     return header

@@ -216,3 +216,34 @@ def test_fixed_volume_under_a_transform_keeps_the_pair_aligned_in_world_coordina
         fixed_world = fixed_to_world.TransformPoint(*(F3 @ lps))
         moving_world = moving_to_world.TransformPoint(*(F3 @ np.array(pair.truth.TransformPoint(lps))))
         np.testing.assert_allclose(moving_world, fixed_world, atol=1e-6)
+
+
+def test_a_failure_puts_back_a_chosen_output_transform_and_an_existing_table(scene_with_pair, truth_result):
+    scene, fixed, moving = scene_with_pair
+    applyOutcome(scene, fixed, moving, truth_result)  # the scene now has a results table with one row
+    table = resultsTableNode(scene, create=False)
+    chosen = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "chosen")
+    shift = sitk.Euler3DTransform((0.0, 0.0, 0.0), 0.0, 0.0, 0.2, (1.0, 2.0, 3.0))
+    chosen.SetMatrixTransformFromParent(glue.vtkMatrixFromArray(glue.rasMatrixFromTransform(shift)))
+    chosen.SetAttribute("OneClickRegistration.Verdict", "from before")
+    matrix_before = glue.arrayFromVtkMatrix(chosen.GetMatrixTransformFromParent())
+    before = state(scene, moving)
+    changes = SceneChanges(scene)
+    changes.setMatrixFromParent(chosen, np.eye(4))
+    changes.setAttribute(chosen, "OneClickRegistration.Verdict", "good")
+    changes.setAttribute(chosen, "OneClickRegistration.Engine", "elastix")
+    changes.setParentTransform(moving, chosen.GetID())
+    changes.appendRow(table, {"Fixed": "x"})
+    assert table.GetNumberOfRows() == 2
+    changes.undo()
+    assert table.GetNumberOfRows() == 1
+    np.testing.assert_array_equal(glue.arrayFromVtkMatrix(chosen.GetMatrixTransformFromParent()), matrix_before)
+    assert chosen.GetAttribute("OneClickRegistration.Verdict") == "from before"
+    assert chosen.GetAttribute("OneClickRegistration.Engine") is None
+    assert state(scene, moving) == before
+    # The same through applyOutcome: it fails after changing the chosen transform (no resampled volume).
+    broken = dataclasses.replace(truth_result, registeredFile=None)
+    with pytest.raises(EngineError):
+        applyOutcome(scene, fixed, moving, broken, outputTransformNode=chosen, createResampledVolume=True)
+    np.testing.assert_array_equal(glue.arrayFromVtkMatrix(chosen.GetMatrixTransformFromParent()), matrix_before)
+    assert state(scene, moving) == before and table.GetNumberOfRows() == 1
