@@ -51,9 +51,9 @@ class SceneChanges:
         node.SetAndObserveTransformNodeID(transformNodeID)
 
     def setMatrixFromParent(self, transformNode: Any, matrix: Any) -> None:
-        previous = vtk.vtkMatrix4x4()
-        transformNode.GetMatrixTransformFromParent(previous)
-        self.undoSteps.append(lambda: transformNode.SetMatrixTransformFromParent(previous))
+        previous = vtk.vtkMatrix4x4()  # the direction the node stores, so that undo is exact
+        transformNode.GetMatrixTransformToParent(previous)
+        self.undoSteps.append(lambda: transformNode.SetMatrixTransformToParent(previous))
         transformNode.SetMatrixTransformFromParent(vtkMatrixFromArray(matrix))
 
     def setAttribute(self, node: Any, name: str, value: str) -> None:
