@@ -1,4 +1,4 @@
-"""Pieces shared by the command-line entry points: error handling and a terminal progress line."""
+"""Pieces shared by the command-line entry points: parser, error handling and a terminal progress line."""
 
 from __future__ import annotations
 
@@ -7,37 +7,49 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from .errors import OneClickError
+from .errors import OneClickError, first_line
+from .modality import Modality
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
+MODALITY_CHOICES = [m.value for m in Modality]
+
+# Kept under its former name for the sub-commands that still import it.
+one_line = first_line
+
 
 class QuietParser(argparse.ArgumentParser):
-    """argparse that reports usage errors as one line (plus usage) with exit code 2."""
+    """argparse that reports a usage error as one line with exit code 2 (not the whole usage block)."""
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return " ".join(text.splitlines()[:1]) if text else type(error).__name__
+def guarded(
+    run: Callable[[], int],
+    *,
+    prog: str = "oneclick-register",
+    unexpected: tuple[type[BaseException], ...] = (),
+) -> int:
+    """Run a command; documented errors become a one-line message and exit code 2, never a traceback.
 
-
-def guarded(run: Callable[[], int]) -> int:
-    """Run a command; documented errors become a one-line message and exit code 2, never a traceback."""
+    ``unexpected`` lists further exception types shown the same way, with their type name (a
+    command that hands user files straight to ITK or the file system lists ``RuntimeError, OSError``).
+    """
     try:
         return run()
     except OneClickError as exc:
-        print(f"oneclick-register: error: {one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {first_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("oneclick-register: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except unexpected as exc:
+        print(f"{prog}: error: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 class TerminalProgress:

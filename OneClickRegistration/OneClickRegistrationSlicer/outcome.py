@@ -40,6 +40,16 @@ class RegistrationOutcome:
     attempts: tuple[Mapping[str, Any], ...] = ()
     report: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The result's flat summary (``RegistrationResult.summary()``: the head of report.json)."""
+        from OneClickRegistrationLib.pipeline import SUMMARY_FIELDS
+
+        if all(key in self.report for key in ("verdict", "score_after")):
+            return {key: self.report.get(key) for key in SUMMARY_FIELDS}
+        return {"preset": self.preset, "engine": self.engine, "metric": self.metric, "score_before": self.scoreBefore,
+                "score_after": self.scoreAfter, "verdict": self.verdict, "reasons": "; ".join(self.reasons)}
+
     def registeredImage(self) -> sitk.Image:
         if self.registeredFile is None:
             raise EngineError("The registration left no resampled volume to load.")
@@ -85,19 +95,20 @@ def judgementFromScoreOutput(text: str) -> RegistrationOutcome:
         answer = json.loads(text)
     except ValueError:
         raise EngineError(f"The judge printed something that is not JSON: {text.strip()[:200]!r}") from None
+    summary = answer.get("judgement") or {}  # RegistrationResult.summary() of the judged transform
     return RegistrationOutcome(
-        verdict=str(answer.get("verdict", "")),
+        verdict=str(answer.get("verdict", summary.get("verdict", ""))),
         reasons=tuple(answer.get("verdict_reasons") or ()),
         engine="none",
-        preset=str(answer.get("preset", "")),
-        presetDescription=str(answer.get("preset", "")),
-        metric=str(answer.get("verdict_metric", "")),
-        scoreBefore=answer.get("verdict_score_identity"),
-        scoreAfter=answer.get("verdict_score"),
-        fixedModality="",
-        movingModality="",
+        preset=str(summary.get("preset", "")),
+        presetDescription=str(summary.get("preset", "")),
+        metric=str(summary.get("metric", "")),
+        scoreBefore=summary.get("score_before"),
+        scoreAfter=summary.get("score_after"),
+        fixedModality=str(summary.get("fixed_modality", "")),
+        movingModality=str(summary.get("moving_modality", "")),
         fixedSource="",
         movingSource="",
         elapsedS=None,
-        report=answer,
+        report=summary,
     )

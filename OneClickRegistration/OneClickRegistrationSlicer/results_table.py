@@ -9,21 +9,26 @@ from typing import Any
 import vtk
 
 RESULTS_TABLE_ATTRIBUTE = "OneClickRegistration.ResultsTable"
+# The result summary's keys (OneClickRegistrationLib.pipeline.SUMMARY_FIELDS, as in report.json and the
+# batch CSV) -> column title and kind ("s" string, "d" double; missing values are NaN), mapped once here.
+SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("fixed", "Fixed", "s"),
+    ("moving", "Moving", "s"),
+    ("fixed_modality", "Fixed modality", "s"),
+    ("moving_modality", "Moving modality", "s"),
+    ("preset", "Preset", "s"),
+    ("engine", "Engine", "s"),
+    ("transform_kind", "Transform kind", "s"),
+    ("metric", "Metric", "s"),
+    ("score_before", "Score before", "d"),
+    ("score_after", "Score after", "d"),
+    ("verdict", "Verdict", "s"),
+    ("reasons", "Reasons", "s"),
+    ("elapsed_s", "Time (s)", "d"),
+)
 RESULTS_TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
-    # (column name, kind): "s" string, "d" double (missing values are NaN)
-    ("Fixed", "s"),
-    ("Moving", "s"),
-    ("Fixed modality", "s"),
-    ("Moving modality", "s"),
-    ("Preset", "s"),
-    ("Engine", "s"),
-    ("Metric", "s"),
-    ("Score before", "d"),
-    ("Score after", "d"),
-    ("Verdict", "s"),
-    ("Reasons", "s"),
-    ("Time (s)", "d"),
-    ("Transform", "s"),
+    *((title, kind) for _, title, kind in SUMMARY_COLUMNS),
+    ("Transform", "s"),  # the scene's transform node holding the result
 )
 
 
@@ -63,22 +68,11 @@ def _float(value: Any) -> float:
 
 
 def resultRow(outcome: Any, *, fixedName: str, movingName: str, transformName: str = "") -> dict[str, Any]:
-    """One row (column name -> value) for a :class:`~.outcome.RegistrationOutcome`."""
-    return {
-        "Fixed": fixedName,
-        "Moving": movingName,
-        "Fixed modality": outcome.fixedModality,
-        "Moving modality": outcome.movingModality,
-        "Preset": outcome.preset,
-        "Engine": outcome.engine,
-        "Metric": outcome.metric,
-        "Score before": _float(outcome.scoreBefore),
-        "Score after": _float(outcome.scoreAfter),
-        "Verdict": outcome.verdict,
-        "Reasons": "; ".join(outcome.reasons),
-        "Time (s)": _float(outcome.elapsedS),
-        "Transform": transformName,
-    }
+    """One row (column title -> value) from an outcome's result summary; volumes named as in the scene."""
+    summary = {**outcome.summary, "fixed": fixedName, "moving": movingName}
+    row = {title: summary.get(key) for key, title, _ in SUMMARY_COLUMNS}
+    row["Transform"] = transformName
+    return row
 
 
 def appendResultRow(table: Any, row: Mapping[str, Any]) -> int:
@@ -90,8 +84,8 @@ def appendResultRow(table: Any, row: Mapping[str, Any]) -> int:
         if column is None:  # a table saved by an older version: add the missing column
             column = _newColumn(name, kind, table.GetNumberOfRows())
             table.AddColumn(column)
-        value = row.get(name, "" if kind == "s" else float("nan"))
-        column.SetValue(index, str(value) if kind == "s" else _float(value))
+        value = row.get(name)
+        column.SetValue(index, ("" if value is None else str(value)) if kind == "s" else _float(value))
     vtkTable.Modified()
     table.Modified()
     return index

@@ -41,10 +41,13 @@ def resultSummaryHtml(outcome: Any, *, judged: bool = False, translate: Translat
         f"<p>{e(scoreLabel)} ({e(outcome.metric.upper())}, {e(_('higher is better'))}): "
         f"{_scoreText(outcome.scoreBefore)} &rarr; <b>{_scoreText(outcome.scoreAfter)}</b></p>")
     details = []
-    if outcome.fixedModality:
+    if outcome.fixedSource:
         details.append(e(_("Modalities: fixed {fixed} ({fixedSource}), moving {moving} ({movingSource})").format(
             fixed=outcome.fixedModality, fixedSource=outcome.fixedSource,
             moving=outcome.movingModality, movingSource=outcome.movingSource)))
+    elif outcome.fixedModality:
+        details.append(e(_("Modalities: fixed {fixed}, moving {moving}").format(
+            fixed=outcome.fixedModality, moving=outcome.movingModality)))
     details.append(e(_("Preset: {preset}").format(preset=outcome.presetDescription or outcome.preset)))
     if not judged:
         elapsed = outcome.elapsedS if outcome.elapsedS is not None else float("nan")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import CancelledError, EngineError
+from ..errors import EngineError
 from ..presets import level_shrink_factors
 from ..transforms import as_affine, as_euler
 from .base import (
@@ -25,6 +25,7 @@ from .base import (
     check_cancel,
     report,
 )
+from .external_program import binary_mask
 
 # Largest optimizer step (mm, thanks to physical-shift scales) at full resolution; coarser levels
 # take proportionally larger steps.
@@ -77,15 +78,6 @@ def plan_levels(request: EngineRequest) -> tuple[LevelPlan, ...]:
 
 def _initial_parametric(request: EngineRequest) -> sitk.Transform:
     initial = request.initial_transform
-    if initial is None:
-        mode = (
-            sitk.CenteredTransformInitializerFilter.MOMENTS
-            if request.preset.initialization == "moments"
-            else sitk.CenteredTransformInitializerFilter.GEOMETRY
-        )
-        initial = sitk.CenteredTransformInitializer(
-            request.fixed, request.moving, sitk.Euler3DTransform(), mode
-        )
     if request.transform_kind == "affine":
         return as_affine(initial)
     return as_euler(initial)
@@ -99,9 +91,9 @@ def _configure(method: sitk.ImageRegistrationMethod, request: EngineRequest) -> 
         method.SetMetricAsCorrelation()
     method.SetInterpolator(sitk.sitkLinear if preset.interpolation == "linear" else sitk.sitkBSpline)
     if request.fixed_mask is not None:
-        method.SetMetricFixedMask(request.fixed_mask)
+        method.SetMetricFixedMask(binary_mask(request.fixed_mask, "fixed mask"))
     if request.moving_mask is not None:
-        method.SetMetricMovingMask(request.moving_mask)
+        method.SetMetricMovingMask(binary_mask(request.moving_mask, "moving mask"))
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
 
 
@@ -169,7 +161,7 @@ class SimpleITKEngine:
                     log_tail=tuple(log[-10:]),
                 ) from None
             if cancelled:
-                raise CancelledError("The SimpleITK registration was cancelled.")
+                check_cancel(options, self.name)
             transform = _unwrap(result)
             value = method.GetMetricValue()
             log.append(
