@@ -256,7 +256,9 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             lambda: self._job.feedStdout(bytes(process.readAllStandardOutput().data())))
         process.readyReadStandardError.connect(
             lambda: self._job.feedStderr(bytes(process.readAllStandardError().data())))
-        process.finished.connect(lambda exitCode, exitStatus: self._finish(exitCode))
+        # A crashed child has no meaningful exit code (Qt): report it as a failure, never as success.
+        process.finished.connect(lambda exitCode, exitStatus: self._finish(
+            exitCode if exitStatus == qt.QProcess.NormalExit else -1))
         process.errorOccurred.connect(self._onProcessError)
         self._process = process
         self.ui.progressBar.value = 0
