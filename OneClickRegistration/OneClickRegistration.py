@@ -95,9 +95,13 @@ class OneClickRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self._detection = None
         self._enginesShown = False
 
+    def resourcePath(self, filename):
+        # The base class looks only beside this file; developer mode's "Edit UI" needs the source layout too.
+        return resourcePath(filename)
+
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(resourcePath("UI/OneClickRegistration.ui"))
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/OneClickRegistration.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
