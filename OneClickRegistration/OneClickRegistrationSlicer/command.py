@@ -86,7 +86,7 @@ def writeVolume(node: Any, path: Path, *, role: str, dicomDatabase: Any = None) 
     for key, value in headerMetadata(nodeMetadata(node, dicomDatabase=dicomDatabase)).items():
         image.SetMetaData(key, value)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path), True)
+    sitk.WriteImage(image, str(path), False)  # no compression: this runs on Slicer's main thread
 
 
 def _checkPair(fixedNode: Any, movingNode: Any) -> None:

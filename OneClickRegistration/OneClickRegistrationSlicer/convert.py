@@ -104,7 +104,7 @@ def imageFromVolumeNode(volumeNode: Any, *, role: str = "volume") -> sitk.Image:
     # VTK stores x fastest; numpy (z, y, x) matches SimpleITK's array order.
     voxels = numpy_support.vtk_to_numpy(scalars)
     shape = (nz, ny, nx) if components == 1 else (nz, ny, nx, components)
-    image = sitk.GetImageFromArray(np.array(voxels).reshape(shape), isVector=components > 1)  # copies
+    image = sitk.GetImageFromArray(voxels.reshape(shape), isVector=components > 1)  # one copy, from a view
 
     directions = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASDirectionMatrix(directions)
