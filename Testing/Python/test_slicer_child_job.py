@@ -117,7 +117,7 @@ def test_the_moving_volume_transform_is_the_starting_point(scene_with_pair, pair
     manual_before = convert.arrayFromVtkMatrix(manual.GetMatrixTransformToParent())
     applied = registerNodes(fixed, moving, engine="simpleitk", recover=False)
     assert tre(pair, fixed, moving).max() < 3.0
-    assert applied.outcome.report["attempts"][0]["start"]  # one attempt, from the given start
+    assert [a["start"] for a in applied.outcome.report["attempts"]] == ["the given initial transform"]
     # The pre-alignment node itself is kept as it was; the result is a new transform.
     np.testing.assert_array_equal(convert.arrayFromVtkMatrix(manual.GetMatrixTransformToParent()), manual_before)
     assert applied.transformNode is not manual and manual.GetScene() is scene
