@@ -423,6 +423,10 @@ class OneClickRegistrationLogic(ScriptedLoadableModuleLogic):
         self._environment = environment
         return environment
 
+    def configureEngines(self):
+        """Point the core running in this process (the batch script runs it in-process) at the same engines."""
+        os.environ.update(self.engineEnvironment())
+
     def engineAvailability(self):
         """What the child will find: the core's answer with the same engine paths (cached)."""
         if self._availability is None:
