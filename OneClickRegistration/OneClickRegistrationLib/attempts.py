@@ -18,6 +18,7 @@ from .engines.base import EngineRequest, RunOptions
 from .metrics import ScoreResult, score
 from .preparation import PreparedPair
 from .presets import Preset
+from .stage_times import StageTimes
 from .verdict import Verdict, judge
 
 
@@ -78,12 +79,15 @@ def judged(attempt: Attempt, pair: PreparedPair, *, score_before: ScoreResult) -
 
 
 def run_attempt(
-    pair: PreparedPair, preset: Preset, *, engine: str, initial: sitk.Transform, start: str, options: RunOptions
+    pair: PreparedPair, preset: Preset, *, engine: str, initial: sitk.Transform, start: str, options: RunOptions,
+    timings: StageTimes | None = None,
 ) -> Attempt:
     """Run ``engine`` from ``initial`` on the prepared pair and score its result.
 
     Raises the engine's errors (:mod:`.errors`); the caller decides whether a failure ends the run.
+    ``timings`` (when given) gets the engine's and the scoring's seconds.
     """
+    times = timings if timings is not None else StageTimes()
     began = time.perf_counter()
     request = EngineRequest(
         fixed=pair.fixed,
@@ -92,13 +96,16 @@ def run_attempt(
         transform_kind=preset.transform,
         initial_transform=initial,
     )
-    output = get_engine(engine).run(request, options)
+    with times.stage("engine"):
+        output = get_engine(engine).run(request, options)
+    with times.stage("scoring"):
+        after = score_on(pair, output.transform, preset.score_metric)
     return Attempt(
         engine=engine,
         start=start,
         initial=initial,
         transform=output.transform,
-        score=score_on(pair, output.transform, preset.score_metric),
+        score=after,
         elapsed_s=time.perf_counter() - began,
         log=output.log,
         kept_temp_dir=output.kept_temp_dir,

@@ -16,6 +16,7 @@ from .output_folder import check_output_folder
 from .outputs import write_outputs
 from .pipeline import RegistrationResult, register
 from .progress_lines import ProgressLines, guarded_with_events
+from .stage_times import StageTimes
 
 
 def add_registration_options(parser: argparse.ArgumentParser) -> None:
@@ -84,29 +85,29 @@ def register_files(
 
     ``options`` and the keyword shortcuts (``engine=``, ``fixed_modality=``, ...) are those of
     :func:`~.pipeline.register`; the file names and headers fill in what the shortcuts leave open.
+    The result's ``timings_s`` includes reading the files and writing the outputs.
     """
+    times = StageTimes()
     options, fixed_info, moving_info = from_shortcuts(options, None, None, shortcuts)
     check_output_folder(outdir)  # before any work: not after a whole registration
     progress = options.progress
     if progress is not None and fixed_path.is_file() and moving_path.is_file():  # else: one error line only
         progress(0.0, f"Reading {fixed_path.name} and {moving_path.name}")
-    fixed = read_image(fixed_path, role="fixed image", volume_index=fixed_volume_index,
-                       index_option="--fixed-volume-index")
-    moving = read_image(moving_path, role="moving image", volume_index=moving_volume_index,
-                        index_option="--moving-volume-index")
-    result = register(
-        fixed,
-        moving,
-        options=options,
-        fixed_info=_from_file(fixed_info, fixed_path),
-        moving_info=_from_file(moving_info, moving_path),
-    )
+    with times.stage("reading"):
+        fixed = read_image(fixed_path, role="fixed image", volume_index=fixed_volume_index,
+                           index_option="--fixed-volume-index")
+        moving = read_image(moving_path, role="moving image", volume_index=moving_volume_index,
+                            index_option="--moving-volume-index")
+        fixed_info, moving_info = _from_file(fixed_info, fixed_path), _from_file(moving_info, moving_path)
+    result = register(fixed, moving, options=options, fixed_info=fixed_info, moving_info=moving_info,
+                      timings=times)
     if progress is not None:
         progress(1.0, f"Writing the outputs to {outdir}")
     write_outputs(
-        result, fixed, outdir, extra={"fixed_file": str(fixed_path), "moving_file": str(moving_path)}
+        result, fixed, outdir, extra={"fixed_file": str(fixed_path), "moving_file": str(moving_path)},
+        timings=times,
     )
-    return result
+    return replace(result, timings_s=times.as_dict())
 
 
 def _from_file(info: ImageInfo, path: Path) -> ImageInfo:

@@ -12,6 +12,7 @@ from .images import write_image, write_text, write_transform
 from .interrupts import deferred
 from .overlay import caption_for, write_overlay
 from .pipeline import RegistrationResult
+from .stage_times import StageTimes
 
 TRANSFORM_FILE = "transform.tfm"
 REGISTERED_FILE = "registered.nrrd"
@@ -25,13 +26,16 @@ def write_outputs(
     outdir: str | os.PathLike[str],
     *,
     extra: dict[str, object] | None = None,
+    timings: StageTimes | None = None,
 ) -> dict[str, Path]:
     """Write the four outputs into ``outdir``, all or nothing.
 
     Everything is first written (and checked) in a hidden staging folder inside ``outdir``, then
     renamed into place; a failure on any file leaves ``outdir`` as it was, never a new transform
-    beside an old report.
+    beside an old report. ``timings`` (the run's, when given) gets the writing's seconds, and
+    report.json's ``timings_s`` shows them with the run's other stages.
     """
+    times = timings if timings is not None else StageTimes(result.timings_s)
     folder = Path(outdir)
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".partial-outputs-", dir=folder))
@@ -42,12 +46,14 @@ def write_outputs(
             "overlay": folder / OVERLAY_FILE,
             "report": folder / REPORT_FILE,
         }
-        write_transform(result.transform, staging / TRANSFORM_FILE)
-        write_image(result.registered, staging / REGISTERED_FILE)
-        write_overlay(fixed_image, result.registered, staging / OVERLAY_FILE,
-                      fill_value=result.preset.moving_fill_value, transform=result.transform,
-                      caption=caption_for(result))
+        with times.stage("writing"):
+            write_transform(result.transform, staging / TRANSFORM_FILE)
+            write_image(result.registered, staging / REGISTERED_FILE)
+            write_overlay(fixed_image, result.registered, staging / OVERLAY_FILE,
+                          fill_value=result.preset.moving_fill_value, transform=result.transform,
+                          caption=caption_for(result))
         report = result.to_report()
+        report["timings_s"] = times.as_dict()
         report["outputs"] = {name: str(path) for name, path in final.items() if name != "report"}
         if extra:
             report.update(extra)

@@ -27,6 +27,7 @@ from .options import ImageInfo, RegistrationOptions, from_shortcuts
 from .preparation import PreparedPair, check_pyramid, initial_alignment, prepare_pair
 from .presets import Preset, preset_for
 from .recovery import recover
+from .stage_times import StageTimes
 from .transforms import to_matrix
 from .verdict import Verdict
 
@@ -87,6 +88,8 @@ class RegistrationResult:
     fixed_name: str | None = None
     moving_name: str | None = None
     kept_temp_dirs: tuple[str, ...] = ()
+    # Seconds per stage (:data:`~.stage_times.STAGES`); reading and writing when run from files.
+    timings_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def metric(self) -> str:
@@ -132,6 +135,7 @@ class RegistrationResult:
             "notes": list(self.notes),
             "kept_temp_dirs": list(self.kept_temp_dirs),
             "engine_log_tail": list(self.log[-ENGINE_LOG_TAIL:]),
+            "timings_s": dict(self.timings_s),
         }
 
 
@@ -191,6 +195,7 @@ def register(
     options: RegistrationOptions | None = None,
     fixed_info: ImageInfo | None = None,
     moving_info: ImageInfo | None = None,
+    timings: StageTimes | None = None,
     **shortcuts: Any,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` with no question asked.
@@ -202,30 +207,36 @@ def register(
     given ("T1", "T2", "FLAIR", "CT", "MR"); the engine is the preset's first installed one unless
     given. ``progress(fraction, message)`` is called as work advances; ``cancel()`` returning True
     stops the run (:class:`CancelledError`). Raises the errors of :mod:`.errors`; never modifies
-    its inputs.
+    its inputs. ``timings`` collects the seconds per stage (a caller that also reads and writes
+    passes its own); the result's ``timings_s`` holds them.
     """
     start = time.perf_counter()
+    times = timings if timings is not None else StageTimes()
     options, fixed_info, moving_info = from_shortcuts(options, fixed_info, moving_info, shortcuts)
     report = _Progress(options.progress)
     report(0.0, "Recognising the modalities")
-    fixed_ev, moving_ev, preset = _recognise(fixed, moving, fixed_info, moving_info, options.transform)
-    check_pyramid(fixed, preset, role="fixed image")
-    check_pyramid(moving, preset, role="moving image")
-    engine_name, notes = _resolve_engines(preset, options.engine)
+    with times.stage("recognition"):
+        fixed_ev, moving_ev, preset = _recognise(fixed, moving, fixed_info, moving_info, options.transform)
+        check_pyramid(fixed, preset, role="fixed image")
+        check_pyramid(moving, preset, role="moving image")
+        engine_name, notes = _resolve_engines(preset, options.engine)
     raise_if_cancelled(options.cancel)
     report(0.02, f"Preparing the images ({preset.name})")
-    pair = prepare_pair(fixed, moving, preset, fixed_mask=fixed_info.mask, moving_mask=moving_info.mask)
+    with times.stage("preparation"):
+        pair = prepare_pair(fixed, moving, preset, fixed_mask=fixed_info.mask, moving_mask=moving_info.mask)
     notes.extend(pair.notes)
-    initial = (initial_alignment(pair, preset.initialization) if options.initial_transform is None
-               else options.initial_transform)
-    score_before = score_on(pair, None, preset.score_metric)
+    with times.stage("initial_search"):
+        initial = (initial_alignment(pair, preset.initialization) if options.initial_transform is None
+                   else options.initial_transform)
+    with times.stage("scoring"):
+        score_before = score_on(pair, None, preset.score_metric)
     report(0.05, f"Registering with {engine_name}")
     run_options = options.run_options(progress=report.slice(0.05, 0.75 if options.recover else 0.92))
     start_label = (f"{preset.initialization} initialization" if options.initial_transform is None
                    else "the given initial transform")
     try:
         first = run_attempt(pair, preset, engine=engine_name, initial=initial, start=start_label,
-                            options=run_options)
+                            options=run_options, timings=times)
     except CancelledError:
         raise
     except EngineError:
@@ -233,22 +244,26 @@ def register(
             raise
         notes.append(f"Engine {engine_name} failed; the embedded SimpleITK engine was used instead.")
         first = run_attempt(pair, preset, engine=FALLBACK_ENGINE, initial=initial, start=start_label,
-                            options=run_options)
-    attempts = [judged(first, pair, score_before=score_before)]
+                            options=run_options, timings=times)
+    with times.stage("verdict"):
+        attempts = [judged(first, pair, score_before=score_before)]
     kept = 0
     if options.recover and attempts[0].verdict is not None and attempts[0].verdict.label != "good":
         report(0.75, f"Result {attempts[0].verdict.label}: trying other starting points")
-        attempts.extend(recover(pair, preset, attempts[0], options=options, progress=report.slice(0.75, 0.92)))
+        with times.stage("recovery"):
+            attempts.extend(recover(pair, preset, attempts[0], options=options,
+                                    progress=report.slice(0.75, 0.92)))
         kept = _best(attempts)
         if kept:
-            attempts[kept] = judged(attempts[kept], pair, score_before=score_before)
+            with times.stage("verdict"):
+                attempts[kept] = judged(attempts[kept], pair, score_before=score_before)
             notes.append(f"Recovery kept a better candidate: {attempts[kept].engine} from {attempts[kept].start}.")
     raise_if_cancelled(options.cancel)
     report(0.95, "Resampling the moving image")
     result = _result(
         moving, fixed, pair, attempts[kept], score_before=score_before, preset=preset,
         evidence=(fixed_ev, moving_ev), infos=(fixed_info, moving_info), started=start,
-        attempts=tuple(attempts), notes=tuple(notes),
+        attempts=tuple(attempts), notes=tuple(notes), timings=times,
     )
     report(1.0, f"Done: {result.verdict.label}")
     return result
@@ -269,17 +284,24 @@ def judge_transform(
     :func:`register`.
     """
     start = time.perf_counter()
+    times = StageTimes()
     to_matrix(transform)  # refuses non-linear transforms with a clear message
     _, fixed_info, moving_info = from_shortcuts(None, fixed_info, moving_info, shortcuts, images_only=True)
-    fixed_ev, moving_ev, preset = _recognise(fixed, moving, fixed_info, moving_info, "rigid")
-    pair = prepare_pair(fixed, moving, preset, fixed_mask=fixed_info.mask, moving_mask=moving_info.mask)
-    score_before = score_on(pair, None, preset.score_metric)
-    after, verdict = assess(pair, transform, metric=preset.score_metric, score_before=score_before)
+    with times.stage("recognition"):
+        fixed_ev, moving_ev, preset = _recognise(fixed, moving, fixed_info, moving_info, "rigid")
+    with times.stage("preparation"):
+        pair = prepare_pair(fixed, moving, preset, fixed_mask=fixed_info.mask, moving_mask=moving_info.mask)
+    with times.stage("scoring"):
+        score_before = score_on(pair, None, preset.score_metric)
+        after = score_on(pair, transform, preset.score_metric)
+    with times.stage("verdict"):
+        after, verdict = assess(pair, transform, metric=preset.score_metric, score_before=score_before,
+                                score_after=after)
     given = Attempt(engine="none", start="given transform", transform=transform, score=after, verdict=verdict)
     return _result(
         moving, fixed, pair, given, score_before=score_before, preset=preset,
         evidence=(fixed_ev, moving_ev), infos=(fixed_info, moving_info), started=start,
-        attempts=(), notes=pair.notes,
+        attempts=(), notes=pair.notes, timings=times,
     )
 
 
@@ -306,10 +328,12 @@ def _result(
     started: float,
     attempts: tuple[Attempt, ...],
     notes: tuple[str, ...],
+    timings: StageTimes,
 ) -> RegistrationResult:
     """The result of keeping ``kept`` (a judged attempt): the moving image resampled through it."""
     assert kept.transform is not None and kept.score is not None and kept.verdict is not None
-    registered = sitk.Resample(moving, fixed, kept.transform, sitk.sitkLinear, preset.moving_fill_value)
+    with timings.stage("resampling"):
+        registered = sitk.Resample(moving, fixed, kept.transform, sitk.sitkLinear, preset.moving_fill_value)
     return RegistrationResult(
         transform=kept.transform,
         registered=registered,
@@ -327,4 +351,5 @@ def _result(
         fixed_name=infos[0].name,
         moving_name=infos[1].name,
         kept_temp_dirs=tuple(a.kept_temp_dir for a in attempts if a.kept_temp_dir),
+        timings_s=timings.as_dict(),
     )
