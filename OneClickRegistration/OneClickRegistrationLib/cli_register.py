@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,8 @@ def register_files(
     The result's ``timings_s`` includes reading the files and writing the outputs.
     """
     times = StageTimes()
+    # The overlay's drawing library takes seconds to import; import it while the engine runs.
+    threading.Thread(target=_preload_drawing, name="preload-matplotlib", daemon=True).start()
     options, fixed_info, moving_info = from_shortcuts(options, None, None, shortcuts)
     check_output_folder(outdir)  # before any work: not after a whole registration
     progress = options.progress
@@ -108,6 +111,14 @@ def register_files(
         timings=times,
     )
     return replace(result, timings_s=times.as_dict())
+
+
+def _preload_drawing() -> None:
+    try:
+        import matplotlib.backends.backend_agg
+        import matplotlib.figure  # noqa: F401
+    except ImportError:  # the overlay then draws without text; nothing to prepare
+        pass
 
 
 def _from_file(info: ImageInfo, path: Path) -> ImageInfo:
