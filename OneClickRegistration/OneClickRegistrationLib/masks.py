@@ -82,10 +82,20 @@ def _close_and_fill(mask: sitk.Image) -> sitk.Image:
     small = sitk.BinaryFillhole(small, False, 1)
     if small.GetSize() == mask.GetSize():
         return small
-    back = sitk.Resample(small, mask, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    # ``back`` is already filled and covers the fine mask but for boundary specks, so the union has
+    # Back on the fine grid: each coarse voxel covers its block of factors[0] x factors[1] x
+    # factors[2] fine voxels (nearest neighbour, done by repetition); the fine voxels past the last
+    # whole block lie outside the coarse image and stay as the fine mask has them.
+    coarse = sitk.GetArrayViewFromImage(small).astype(bool)
+    for axis, factor in enumerate(reversed(factors)):  # numpy order: z, y, x
+        coarse = np.repeat(coarse, factor, axis=axis)
+    fine = sitk.GetArrayFromImage(mask).astype(bool)
+    covered = tuple(slice(0, n) for n in coarse.shape)
+    # ``coarse`` is already filled and covers the fine mask but for boundary specks, so the union has
     # no hole to fill: a second filling at full resolution would cost as much as all the rest.
-    return sitk.Or(back, sitk.Cast(mask, sitk.sitkUInt8))
+    fine[covered] |= coarse
+    back = sitk.GetImageFromArray(fine.astype(np.uint8))
+    back.CopyInformation(mask)
+    return back
 
 
 def _finite_sample(values: np.ndarray) -> np.ndarray:

@@ -161,18 +161,14 @@ def head_radius_mm(pair: PreparedPair) -> float:
 def head_dice(pair: PreparedPair, transform: sitk.Transform) -> tuple[float | None, float]:
     """Head-mask Dice inside the domain intersection, and the fixed-head share in the moving domain."""
     fixed_head = sitk.GetArrayViewFromImage(pair.fixed_head) > 0
-    moved = sitk.Resample(
-        pair.moving_head, pair.fixed_head, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
+    # One resampling gives both: voxels outside the moving domain get OUTSIDE, a value no mask has.
+    outside = 2
+    moving_01 = sitk.Cast(sitk.NotEqual(pair.moving_head, 0), sitk.sitkUInt8)
+    moved = sitk.GetArrayFromImage(
+        sitk.Resample(moving_01, pair.fixed_head, transform, sitk.sitkNearestNeighbor, outside, sitk.sitkUInt8)
     )
-    ones = sitk.Image(pair.moving_head.GetSize(), sitk.sitkUInt8) + 1
-    ones.CopyInformation(pair.moving_head)
-    domain = (
-        sitk.GetArrayViewFromImage(
-            sitk.Resample(ones, pair.fixed_head, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-        )
-        > 0
-    )
-    moving_head = sitk.GetArrayViewFromImage(moved) > 0
+    domain = moved != outside
+    moving_head = moved == 1
     head_total = int(fixed_head.sum())
     inside = fixed_head & domain
     overlap = float(inside.sum()) / head_total if head_total else 0.0
