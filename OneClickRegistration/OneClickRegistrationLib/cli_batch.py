@@ -154,5 +154,5 @@ def _run_pairs(args: argparse.Namespace, rows: list[dict[str, str]], entries: li
                 preset=result.preset.name,
                 elapsed_s=round(result.elapsed_s, 2),
             )
-            after = "n/a" if result.score_after.value is None else f"{result.score_after.value:.4g}"
+            after = "n/a" if result.score_after.value is None else f"{result.score_after.value:.4f}"
             print(f"{label}{result.verdict.label} ({result.metric.upper()} {after})")

@@ -70,7 +70,7 @@ class Caption:
 
     def lines(self) -> tuple[str, str]:
         def fmt(value: float | None) -> str:
-            return "n/a" if value is None else f"{value:.4g}"
+            return "n/a" if value is None else f"{value:.4f}"
 
         first = f"{self.moving_modality or 'moving'} onto {self.fixed_modality or 'fixed'}"
         if self.engine == "none":  # judge_transform: a transform made elsewhere
