@@ -279,7 +279,7 @@ def render_png(mosaic: QcMosaic, caption: Caption) -> bytes:
     alpha = layer[inked, 3:4].astype(np.float32) / 255.0
     sheet[inked] = np.round(layer[inked, :3] * alpha + sheet[inked] * (1.0 - alpha)).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(sheet, "RGB").save(buffer, format="PNG", compress_level=1)
+    Image.fromarray(sheet).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
