@@ -112,7 +112,9 @@ def recover(
     budget = options.time_budget_s if options.time_budget_s is not None else default_budget
     progress(0.0, "Searching rotations on a coarse grid")
     candidates = _candidates(pair, preset, first, options.engine)
-    workers = max(1, (os.cpu_count() or 1) // 2) if (os.cpu_count() or 1) >= 4 else 1
+    # A thread budget (a batch running several pairs per machine) bounds the candidates run at once too.
+    cores = options.threads or os.cpu_count() or 1
+    workers = max(1, cores // 2) if cores >= 4 else 1
     # Ctrl-C/SIGTERM reach the main thread only: the candidates running in workers see this stop.
     stop, user_cancel = threading.Event(), options.cancel
     options = replace(options, cancel=lambda: stop.is_set() or (user_cancel is not None and user_cancel()))
