@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .images import MIN_VOXELS_PER_AXIS, check_volume, describe, to_float32
+from .initial_search import search_start
 from .masks import head_mask
 from .metrics import DEFAULT_MIN_OVERLAP_VOXELS, same_grid
 from .modality import Modality
@@ -34,6 +35,7 @@ class PreparedPair:
     fixed_head: sitk.Image  # uint8 on the fixed grid
     moving_head: sitk.Image  # uint8 on the moving grid
     notes: tuple[str, ...]
+    metric: str = "nmi"  # the preset's score metric: what the initial search compares candidates with
 
 
 def _float32_keeping_contrast(image: sitk.Image, role: str, notes: list[str]) -> sitk.Image:
@@ -170,16 +172,28 @@ def prepare_pair(
         if moving_mask is not None
         else head_mask(moving, modality=preset.moving_modality)
     )
-    return PreparedPair(fixed_p, moving_p, fixed_head, moving_head, tuple(notes))
+    return PreparedPair(fixed_p, moving_p, fixed_head, moving_head, tuple(notes), preset.score_metric)
 
 
-def initial_alignment(pair: PreparedPair, mode: str) -> sitk.Euler3DTransform:
-    """Centre-of-geometry or moments initialization, computed on the head masks.
+def initial_alignment(pair: PreparedPair, mode: str, *, search: bool = True) -> sitk.Euler3DTransform:
+    """Where the engines start: centred on the heads, then the best of a coarse global search.
 
-    Moments of the head masks rather than of the intensities: CT's negative Hounsfield values and
-    MR bias fields make intensity moments meaningless, while the head's shape is the same in every
-    modality.
+    Centring uses the moments of the head masks (``mode="moments"``) rather than of the intensities:
+    CT's negative Hounsfield values and MR bias fields make intensity moments meaningless, while the
+    head's shape is the same in every modality. ``mode="geometry"`` centres the image grids. With
+    ``search`` the centred start is improved by :func:`.initial_search.search_start` (rotations to
+    90 degrees, partial fields of view), which keeps the start when nothing scores better.
     """
+    start = _centred(pair, mode)
+    if not search:
+        return start
+    found = search_start(pair.fixed, pair.fixed_head, pair.moving, pair.moving_head, start, metric=pair.metric)
+    if found is None or (found.start_value is not None and not found.value > found.start_value):
+        return start
+    return found.transform
+
+
+def _centred(pair: PreparedPair, mode: str) -> sitk.Euler3DTransform:
     if mode == "moments" and _nonempty(pair.fixed_head) and _nonempty(pair.moving_head):
         return sitk.Euler3DTransform(
             sitk.CenteredTransformInitializer(
