@@ -20,6 +20,7 @@ from .engines import get_engine
 from .engines.base import CancelCheck, EngineRequest, ProgressCallback, RunOptions, TransformKind
 from .errors import CancelledError, EngineError, EngineUnavailableError, InputError
 from .images import check_registrable
+from .masks import overlap_mask
 from .metrics import ScoreResult, score
 from .modality import ModalityEvidence, detect_modality, metadata_from_image
 from .preparation import PreparedPair, check_pyramid, initial_alignment, prepare_pair
@@ -173,6 +174,8 @@ def run_engine(
         preset=preset,
         transform_kind=preset.transform,
         initial_transform=initial,
+        # A partial field of view is sampled only where the images overlap (None: the whole image).
+        fixed_mask=overlap_mask(pair.fixed_head, pair.moving, initial),
     )
     output = get_engine(name).run(request, options)
     return output.transform, output.log
