@@ -57,6 +57,9 @@ class SearchResult:
     value: float
     start_value: float | None
     candidates: int
+    # Other refined starts, best first, each far enough from the better ones to lead elsewhere: what
+    # recovery tries when the first result is not good.
+    alternatives: tuple[tuple[sitk.Euler3DTransform, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -229,7 +232,8 @@ def search_start(
     if found is None:
         return None
     return SearchResult(transform=_inverse(found.transform), value=found.value, start_value=found.start_value,
-                        candidates=found.candidates)
+                        candidates=found.candidates,
+                        alternatives=tuple((_inverse(t), v) for t, v in found.alternatives))
 
 
 def _inverse(transform: sitk.Transform) -> sitk.Euler3DTransform:
@@ -292,14 +296,30 @@ def _search(fixed: sitk.Image, fixed_head: sitk.Image, moving: sitk.Image, start
         found, value, evaluated, best_overlap = _pattern_search(problem, params, center, best_overlap)
         count += evaluated
         refined.append((value, found))
-    value, params = max(refined, key=lambda item: item[0])
+    refined.sort(key=lambda item: -item[0])
+    distinct: list[tuple[float, np.ndarray]] = []
+    for value, params in refined:
+        if all(not _close(params, kept) for _, kept in distinct):
+            distinct.append((value, params))
+    start_value = float(values[0]) if np.isfinite(values[0]) else None
+    (value, params), others = distinct[0], distinct[1:]
+    return SearchResult(transform=_euler(params, center), value=float(value), start_value=start_value,
+                        candidates=count,
+                        alternatives=tuple((_euler(p, center), float(v)) for v, p in others))
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> bool:
+    """Two starts an engine would refine to the same result (within 10 degrees and 10 mm)."""
+    return bool(np.all(np.abs(a[:3] - b[:3]) < math.radians(10.0)) and np.linalg.norm(a[3:] - b[3:]) < 10.0)
+
+
+def _euler(params: np.ndarray, center: np.ndarray) -> sitk.Euler3DTransform:
     transform = sitk.Euler3DTransform()
     transform.SetCenter(tuple(float(c) for c in center))
     rotation, _ = _matrices(params[None, :], center)
     transform.SetMatrix(tuple(float(v) for v in rotation[0].ravel()))
     transform.SetTranslation(tuple(float(t) for t in params[3:]))
-    start_value = float(values[0]) if np.isfinite(values[0]) else None
-    return SearchResult(transform=transform, value=float(value), start_value=start_value, candidates=count)
+    return transform
 
 
 def _pattern_search(problem: _Problem, params: np.ndarray, center: np.ndarray,
