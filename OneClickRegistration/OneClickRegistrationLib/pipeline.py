@@ -17,13 +17,19 @@ import SimpleITK as sitk
 
 from . import __version__
 from .engines import get_engine
-from .engines.base import CancelCheck, EngineRequest, ProgressCallback, RunOptions, TransformKind
+from .engines.base import CancelCheck, ProgressCallback, RunOptions, TransformKind
 from .errors import CancelledError, EngineError, EngineUnavailableError, InputError
 from .images import check_registrable
-from .masks import overlap_mask
 from .metrics import ScoreResult, score
 from .modality import ModalityEvidence, detect_modality, metadata_from_image
-from .preparation import PreparedPair, check_pyramid, initial_alignment, prepare_pair
+from .preparation import (
+    PreparedPair,
+    check_pyramid,
+    engine_request,
+    engine_result,
+    initial_alignment,
+    prepare_pair,
+)
 from .presets import Preset, preset_for
 from .transforms import to_matrix
 from .verdict import Verdict, judge
@@ -168,17 +174,9 @@ def run_engine(
     name: str, pair: PreparedPair, preset: Preset, initial: sitk.Transform, options: RunOptions
 ) -> tuple[sitk.Transform, tuple[str, ...]]:
     """Run one engine from ``initial``; returns its full fixed->moving transform and log."""
-    request = EngineRequest(
-        fixed=pair.fixed,
-        moving=pair.moving,
-        preset=preset,
-        transform_kind=preset.transform,
-        initial_transform=initial,
-        # A partial field of view is sampled only where the images overlap (None: the whole image).
-        fixed_mask=overlap_mask(pair.fixed_head, pair.moving, initial),
-    )
+    request, inverted = engine_request(pair, preset, initial, engine=name)
     output = get_engine(name).run(request, options)
-    return output.transform, output.log
+    return engine_result(output.transform, inverted=inverted), output.log
 
 
 def register(
