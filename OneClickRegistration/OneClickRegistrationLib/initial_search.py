@@ -6,10 +6,10 @@ images whose headers do not overlap at all, and swapped axes:
 
 1. both images are block-averaged to about :data:`SEARCH_SPACING_MM` (cheap, no resampling); up to
    :data:`MAX_POINTS` voxels of the coarse fixed head are the sample points;
-2. every rotation of a grid of :data:`ROTATION_STEP_DEG` steps up to +/- :data:`MAX_ROTATION_DEG`
-   about each axis (a few hundred), turning about the fixed head's centre and bringing it onto the
+2. every orientation, on a grid of :data:`ROTATION_STEP_DEG` steps (320 rotations, including a
+   head turned or lying face down), turning about the fixed head's centre and bringing it onto the
    start's image of it, is scored with the preset's metric on the points that fall inside the
-   moving image;
+   moving image; a finer grid refines the best few;
 3. the best few are refined by a pattern search over the six rigid parameters with halving steps,
    which also finds translations the start got wrong (a partial field of view moves the head's centre).
 
@@ -30,12 +30,11 @@ import SimpleITK as sitk
 
 SEARCH_SPACING_MM = 6.0
 MAX_POINTS = 1500
-MAX_ROTATION_DEG = 90.0
-ROTATION_STEP_DEG = 30.0
+ROTATION_STEP_DEG = 45.0
 REFINED_STARTS = 4
-FINE_STARTS = 2
-FINE_ROTATION_DEG = 20.0
-FINE_ROTATION_STEP_DEG = 10.0
+FINE_STARTS = 3
+FINE_ROTATION_DEG = 30.0
+FINE_ROTATION_STEP_DEG = 15.0
 # Pattern search: first steps, and how many halvings (final steps: 3.75 degrees, 1.5 mm).
 FIRST_STEP_DEG = 15.0
 FIRST_STEP_MM = 12.0
@@ -199,10 +198,20 @@ def _pick(values: np.ndarray, overlap: np.ndarray, best_overlap: float) -> np.nd
     return np.where(overlap >= MIN_OVERLAP_SHARE * best_overlap, values, -np.inf)
 
 
-def _rotation_grid(limit_deg: float = MAX_ROTATION_DEG, step_deg: float = ROTATION_STEP_DEG) -> np.ndarray:
+def _rotation_grid(limit_deg: float, step_deg: float) -> np.ndarray:
     steps = round(limit_deg / step_deg)
     angles = np.radians(np.arange(-steps, steps + 1) * step_deg)
     return np.asarray(list(itertools.product(angles, repeat=3)))
+
+
+def _all_orientations() -> np.ndarray:
+    """Euler angles covering every orientation at ``ROTATION_STEP_DEG``: ITK's Z*X*Y order reaches all
+    of them with the x angle in [-90, 90] and the other two all the way round."""
+    half = round(90.0 / ROTATION_STEP_DEG)
+    round_trip = round(360.0 / ROTATION_STEP_DEG)
+    x = np.radians(np.arange(-half, half + 1) * ROTATION_STEP_DEG)
+    yz = np.radians((np.arange(round_trip) - round_trip // 2 + 1) * ROTATION_STEP_DEG)
+    return np.asarray(list(itertools.product(x, yz, yz)))
 
 
 def search_start(
@@ -265,7 +274,7 @@ def _search(fixed: sitk.Image, fixed_head: sitk.Image, moving: sitk.Image, start
         if np.isfinite(trial_values).any():
             start_params = trials[int(np.argmax(trial_values))]
             shift = start_params[3:]
-    grid = _rotation_grid()
+    grid = _all_orientations()
     rotated = np.hstack([_compose_rotations(grid, start_rotation), np.tile(shift, (len(grid), 1))])
     candidates = np.vstack([start_params, rotated])
     values, overlap = _scores(problem, candidates, center)

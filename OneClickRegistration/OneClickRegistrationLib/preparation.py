@@ -12,10 +12,10 @@ import SimpleITK as sitk
 
 from .engines.base import EngineRequest
 from .errors import InputError
-from .images import MIN_VOXELS_PER_AXIS, check_volume, describe, to_float32
+from .images import MIN_VOXELS_PER_AXIS, check_volume, describe, same_grid, to_float32
 from .initial_search import PARTIAL_EXTENT_MM, search_start, thinnest_extent_mm
 from .masks import head_mask, overlap_mask
-from .metrics import DEFAULT_MIN_OVERLAP_VOXELS, same_grid
+from .metrics import DEFAULT_MIN_OVERLAP_VOXELS
 from .modality import Modality
 from .presets import Preset, level_shrink_factors, preset_for
 
