@@ -6,10 +6,10 @@ images whose headers do not overlap at all, and swapped axes:
 
 1. both images are block-averaged to about :data:`SEARCH_SPACING_MM` (cheap, no resampling); up to
    :data:`MAX_POINTS` voxels of the coarse fixed head are the sample points;
-2. every orientation, on a grid of :data:`ROTATION_STEP_DEG` steps (320 rotations, including a
-   head turned or lying face down), turning about the fixed head's centre and bringing it onto the
-   start's image of it, is scored with the preset's metric on the points that fall inside the
-   moving image; a finer grid refines the best few;
+2. every orientation on a grid of :data:`ROTATION_STEP_DEG` steps (320 rotations, including a head
+   turned or lying face down), and 30-degree steps up to 90 degrees about each axis (343), turning
+   about the fixed head's centre and bringing it onto the start's image of it, are scored with the
+   preset's metric on the points that fall inside the moving image; a finer grid refines the best few;
 3. the best few are refined by a pattern search over the six rigid parameters with halving steps,
    which also finds translations the start got wrong (a partial field of view moves the head's centre).
 
@@ -31,6 +31,8 @@ import SimpleITK as sitk
 SEARCH_SPACING_MM = 6.0
 MAX_POINTS = 1500
 ROTATION_STEP_DEG = 45.0
+NEAR_ROTATION_DEG = 90.0
+NEAR_ROTATION_STEP_DEG = 30.0
 REFINED_STARTS = 4
 FINE_STARTS = 3
 FINE_ROTATION_DEG = 30.0
@@ -274,7 +276,8 @@ def _search(fixed: sitk.Image, fixed_head: sitk.Image, moving: sitk.Image, start
         if np.isfinite(trial_values).any():
             start_params = trials[int(np.argmax(trial_values))]
             shift = start_params[3:]
-    grid = _all_orientations()
+    # Every orientation coarsely, and the likelier ones (within 90 degrees about each axis) finer.
+    grid = np.vstack([_rotation_grid(NEAR_ROTATION_DEG, NEAR_ROTATION_STEP_DEG), _all_orientations()])
     rotated = np.hstack([_compose_rotations(grid, start_rotation), np.tile(shift, (len(grid), 1))])
     candidates = np.vstack([start_params, rotated])
     values, overlap = _scores(problem, candidates, center)
