@@ -10,6 +10,7 @@ started elsewhere applies its own setting, 3 by default).
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 import uuid
@@ -72,12 +73,17 @@ def cluster_client(*, workers: int | None = None, scheduler: str | None = None) 
     import dask
 
     cluster = client = None
+    scratch = None
     try:
         if workers is not None:
-            with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_WORKER_DEATHS}):
+            # the workers' scratch space goes with the cluster instead of staying in the temp folder
+            scratch = tempfile.TemporaryDirectory(prefix="oneclick-dask-")
+            settings = {"distributed.scheduler.allowed-failures": ALLOWED_WORKER_DEATHS,
+                        "temporary-directory": scratch.name}  # the scheduler's scratch space too
+            with dask.config.set(settings):
                 cluster = distributed.LocalCluster(
                     n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                    dashboard_address=None, silence_logs=logging.ERROR,
+                    dashboard_address=None, silence_logs=logging.ERROR, local_directory=scratch.name,
                 )
             client = distributed.Client(cluster)
         else:
@@ -91,6 +97,8 @@ def cluster_client(*, workers: int | None = None, scheduler: str | None = None) 
             client.close()
         if cluster is not None:
             cluster.close()
+        if scratch is not None:
+            scratch.cleanup()
 
 
 def _slots_per_host(client: Any) -> dict[str, int]:

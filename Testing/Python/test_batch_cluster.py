@@ -238,7 +238,7 @@ def scheduler_and_worker(tmp_path) -> Iterator[str]:
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([CORE, HERE, os.environ.get("PYTHONPATH", "")]),
-           "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"}
+           "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1", "DASK_TEMPORARY_DIRECTORY": str(tmp_path / "scratch")}
     logs = tmp_path / "dask-logs"
     logs.mkdir()
     started = []
