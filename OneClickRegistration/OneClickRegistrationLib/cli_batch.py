@@ -9,18 +9,36 @@ a local Dask cluster, ``--scheduler ADDRESS`` on an existing one (both need the 
 
 from __future__ import annotations
 
+import argparse
 from contextlib import nullcontext
 from pathlib import Path
 
 from .batch import OK, SUMMARY_FILE, BatchOptions, read_pairs, register_batch
 from .cli_common import EXIT_OK, EXIT_SOME_FAILED, QuietParser, guarded
 from .cli_register import add_registration_options
+from .output_folder import check_output_folder
+
+DESCRIPTION = """Register many pairs listed in a CSV file; one failed pair does not stop the rest.
+
+PAIRS.csv columns (a header row names them; paths are relative to the CSV's folder, or absolute):
+  fixed            fixed image file (required)
+  moving           moving image file (required)
+  name             name of the pair's output folder DIR/NAME (default: the moving file's name)
+  fixed_modality   T1, T2, FLAIR, CT or MR (default: detected)
+  moving_modality  T1, T2, FLAIR, CT or MR (default: detected)
+  engine           engine for this pair (default: --engine, else the preset's first installed)
+
+DIR/summary.csv lists every pair with its status, verdict and scores. Pairs whose outputs are
+already complete are kept unless --force. --workers N runs N pairs at a time on a local Dask
+cluster, --scheduler ADDRESS on an existing one (both need the cluster extra)."""
 
 
 def build_parser() -> QuietParser:
-    parser = QuietParser(prog="oneclick-register batch", description=__doc__.split("\n\n")[0])
+    parser = QuietParser(prog="oneclick-register batch", description=DESCRIPTION,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pairs", type=Path, metavar="PAIRS.csv")
-    parser.add_argument("-o", "--output", type=Path, required=True, metavar="DIR")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
+                        help="folder for one sub-folder per pair and summary.csv")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, metavar="N", help="run on a local cluster of N worker processes")
     where.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask scheduler at ADDRESS")
@@ -35,6 +53,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
+        check_output_folder(args.output)
         pairs = read_pairs(args.pairs)
         options = BatchOptions(
             engine=args.engine, transform=args.transform, recover=not args.no_recover, timeout_s=args.timeout,
