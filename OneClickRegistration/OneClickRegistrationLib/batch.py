@@ -26,23 +26,14 @@ import SimpleITK as sitk
 from .engines.base import CancelCheck, ProgressCallback
 from .errors import CancelledError, InputError, OneClickError
 from .images import write_text
+from .options import RegistrationOptions
 from .outputs import REPORT_FILE
+from .pipeline import SUMMARY_FIELDS as RESULT_FIELDS
+from .pipeline import failure_summary
 
 SUMMARY_FILE = "summary.csv"
-SUMMARY_FIELDS = (
-    "name",
-    "fixed",
-    "moving",
-    "status",
-    "verdict",
-    "metric",
-    "score_before",
-    "score_after",
-    "engine",
-    "preset",
-    "elapsed_s",
-    "error",
-)
+# A batch row is the pair's output folder name, then a result's summary (the same keys everywhere).
+SUMMARY_FIELDS = ("name", *RESULT_FIELDS)
 # Statuses of a summary row. "ok" includes pairs whose outputs were already complete.
 OK, ERROR, INTERRUPTED, NOT_RUN = "ok", "error", "interrupted", "not run"
 _STAGING_PREFIX = ".partial-outputs-"  # outputs.write_outputs' staging folders
@@ -69,21 +60,6 @@ class Pair:
             where = self.origin[:1].upper() + self.origin[1:] if self.origin else f"The pair {self.name!r}"
             raise InputError(f"{where} has no {side} image path (pair {self.name!r}).")
         return self.base / value
-
-
-@dataclass(frozen=True)
-class BatchOptions:
-    """How every pair of a batch is registered (a pair's own engine/modalities win)."""
-
-    engine: str | None = None
-    transform: str = "rigid"
-    recover: bool = True
-    timeout_s: float | None = None
-    keep_temp: bool = False
-    # Threads each pair's engine may use; None: this machine's cores shared among the pairs running on it.
-    threads: int | None = None
-    # Register pairs whose outputs are already complete again.
-    force: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,25 +130,16 @@ def read_pairs(csv_path: str | os.PathLike[str]) -> list[Pair]:
     return pairs
 
 
-def summary_row(
-    pair: Pair, status: str, *, report: Mapping[str, Any] | None = None, error: str = ""
-) -> dict[str, object]:
-    """The one shape of a summary row; ``report`` is a registration's report (``report.json``'s content)."""
-    row: dict[str, object] = {"name": pair.name, "fixed": pair.fixed, "moving": pair.moving, "status": status}
-    if report is not None:
-        elapsed = report.get("elapsed_s")
-        row.update(
-            verdict=report.get("verdict"),
-            metric=report.get("metric"),
-            score_before=report.get("score_before"),
-            score_after=report.get("score_after"),
-            engine=report.get("engine"),
-            preset=report.get("preset"),
-            elapsed_s=None if elapsed is None else round(float(elapsed), 2),
-        )
-    if error:
-        row["error"] = error
-    return row
+def summary_row(pair: Pair, summary: Mapping[str, Any] | None = None, *, status: str = OK,
+                error: str = "") -> dict[str, object]:
+    """A batch row: the pair's name, then ``summary`` (a result's :meth:`summary`, or the same keys at
+    the head of its ``report.json``), or a failure row; the image paths as the pair gives them."""
+    if summary is None:
+        row = failure_summary(pair.fixed, pair.moving, error, status=status)
+    else:
+        row = {key: summary.get(key) for key in RESULT_FIELDS}
+        row.update(fixed=pair.fixed, moving=pair.moving, status=status)
+    return {"name": pair.name, **row}
 
 
 def one_line(error: BaseException) -> str:
@@ -180,7 +147,7 @@ def one_line(error: BaseException) -> str:
     return " ".join(text.splitlines()[:1]) if text else type(error).__name__
 
 
-def completed_report(pair: Pair, output_dir: Path, options: BatchOptions) -> dict[str, Any] | None:
+def completed_report(pair: Pair, output_dir: Path, options: RegistrationOptions) -> dict[str, Any] | None:
     """The report of this pair's earlier run when its outputs are all there and were made from the
     same files with the same transform kind; None otherwise."""
     try:
@@ -229,49 +196,41 @@ def register_pair(
     pair: Pair,
     output_dir: str | os.PathLike[str],
     *,
-    options: BatchOptions = BatchOptions(),
-    threads: int | None = None,
+    options: RegistrationOptions | None = None,
+    force: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> PairOutcome:
     """The task of one pair: register it and write ``output_dir/<name>/``; never raises for a bad pair.
 
     A failure is a row with status "error" and the one-line message; a cancel is "interrupted".
-    ``threads`` bounds the threads of the engine and of ITK's filters.
+    ``options.threads`` bounds the threads of the engine and of ITK's filters; a pair's own engine
+    wins over ``options.engine``. Complete outputs from the same files are kept unless ``force``.
     """
     from .cli_register import register_files  # the single-pair command's reading and writing
 
+    options = options or RegistrationOptions()
     output = Path(output_dir)
-    if not options.force:
+    if not force:
         report = completed_report(pair, output, options)
         if report is not None:
-            return PairOutcome(summary_row(pair, OK, report=report), skipped=True)
+            return PairOutcome(summary_row(pair, report), skipped=True)
     folder = output / pair.name
     _remove_staging_leftovers(folder)
+    threads = options.threads
+    run = replace(options, engine=pair.engine or options.engine, progress=progress, cancel=cancel)
     try:
         with itk_threads(threads):
-            result = register_files(
-                pair.path("fixed"),
-                pair.path("moving"),
-                folder,
-                fixed_modality=pair.fixed_modality,
-                moving_modality=pair.moving_modality,
-                engine=pair.engine or options.engine,
-                transform=options.transform,
-                recover=options.recover,
-                timeout_s=options.timeout_s,
-                keep_temp=options.keep_temp,
-                progress=progress,
-                cancel=cancel,
-                threads=threads,
-            )
+            result = register_files(pair.path("fixed"), pair.path("moving"), folder, options=run,
+                                    fixed_modality=pair.fixed_modality, moving_modality=pair.moving_modality)
     except CancelledError as exc:
-        return PairOutcome(summary_row(pair, INTERRUPTED, error=one_line(exc)), threads=threads)
+        return PairOutcome(summary_row(pair, status=INTERRUPTED, error=one_line(exc)), threads=threads)
     except OneClickError as exc:
-        return PairOutcome(summary_row(pair, ERROR, error=one_line(exc)), threads=threads)
+        return PairOutcome(summary_row(pair, status=ERROR, error=one_line(exc)), threads=threads)
     except Exception as exc:  # a defect must cost one pair, not the batch; the type says it is one
-        return PairOutcome(summary_row(pair, ERROR, error=f"{type(exc).__name__}: {one_line(exc)}"), threads=threads)
-    return PairOutcome(summary_row(pair, OK, report=result.to_report()), threads=threads)
+        error = f"{type(exc).__name__}: {one_line(exc)}"
+        return PairOutcome(summary_row(pair, status=ERROR, error=error), threads=threads)
+    return PairOutcome(summary_row(pair, result.summary()), threads=threads)
 
 
 def measured(task: Callable[[], PairOutcome]) -> PairOutcome:
@@ -379,17 +338,21 @@ def register_batch(
     pairs: Sequence[Pair],
     output_dir: str | os.PathLike[str],
     *,
-    options: BatchOptions = BatchOptions(),
+    options: RegistrationOptions | None = None,
+    force: bool = False,
     client: Any = None,
     show_progress: bool = True,
 ) -> list[PairOutcome]:
     """Register every pair and write ``output_dir/summary.csv`` (input order), also when interrupted.
 
     Without ``client`` the pairs run one after another in this process; with a
-    ``distributed.Client`` each pair is a task on the cluster. One bad pair is one failed row; the
-    others go on. Ctrl-C (KeyboardInterrupt) stops the running pairs, writes the summary (running
-    pairs "interrupted", the rest "not run") and is raised again.
+    ``distributed.Client`` each pair is a task on the cluster. ``options`` apply to every pair
+    (its ``progress`` is the batch's own; ``threads`` None shares each machine's cores among the
+    pairs running on it). Pairs whose outputs are complete are kept unless ``force``. One bad pair
+    is one failed row; the others go on. Ctrl-C (KeyboardInterrupt) stops the running pairs,
+    writes the summary (running pairs "interrupted", the rest "not run") and is raised again.
     """
+    options = options or RegistrationOptions()
     if not pairs:
         raise InputError("The batch has no pairs; expected at least one fixed/moving pair.")
     names = [p.name for p in pairs]
@@ -397,27 +360,27 @@ def register_batch(
         duplicates = sorted({n for n in names if names.count(n) > 1})
         raise InputError(f"Each pair needs its own output folder name; these repeat: {duplicates}.")
     output = Path(output_dir)
-    outcomes: list[PairOutcome] = [PairOutcome(summary_row(p, NOT_RUN)) for p in pairs]
+    outcomes: list[PairOutcome] = [PairOutcome(summary_row(p, status=NOT_RUN)) for p in pairs]
     progress = BatchProgress(len(pairs), enabled=show_progress)
     try:
         if client is None:
-            _run_here(pairs, output, options, outcomes, progress)
+            _run_here(pairs, output, options, force, outcomes, progress)
         else:
             from .batch_cluster import run_on_client
 
-            run_on_client(client, pairs, output, options, outcomes, progress)
+            run_on_client(client, pairs, output, options, force, outcomes, progress)
     finally:  # also on Ctrl-C: the summary says which pairs were done, interrupted or not run
         progress.close()
         write_summary([o.row for o in outcomes], output)
     return outcomes
 
 
-def _run_here(pairs: Sequence[Pair], output: Path, options: BatchOptions, outcomes: list[PairOutcome],
-              progress: BatchProgress) -> None:
-    threads = options.threads  # None: one pair at a time, so its engine may use every core
+def _run_here(pairs: Sequence[Pair], output: Path, options: RegistrationOptions, force: bool,
+              outcomes: list[PairOutcome], progress: BatchProgress) -> None:
+    # threads None: one pair at a time, so its engine may use every core
     for index, pair in enumerate(pairs):
-        outcomes[index] = PairOutcome(summary_row(pair, INTERRUPTED))
+        outcomes[index] = PairOutcome(summary_row(pair, status=INTERRUPTED))
         outcome = measured(lambda pair=pair: register_pair(
-            pair, output, options=options, threads=threads, progress=progress.step(pair.name)))
+            pair, output, options=options, force=force, progress=progress.step(pair.name), cancel=options.cancel))
         outcomes[index] = outcome
         progress.done(outcome_line(index + 1, len(pairs), outcome), failed=outcome.row["status"] != OK)

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,6 @@ from .batch import (
     ERROR,
     INTERRUPTED,
     OK,
-    BatchOptions,
     BatchProgress,
     Pair,
     PairOutcome,
@@ -35,6 +35,7 @@ from .batch import (
     usable_cores,
 )
 from .errors import InputError
+from .options import RegistrationOptions
 
 # A worker death is retried once on another worker; the second death fails the pair.
 ALLOWED_WORKER_DEATHS = 1
@@ -113,7 +114,7 @@ def _slots_per_host(client: Any) -> dict[str, int]:
 
 
 def _register_on_worker(
-    pair: Pair, output: Path, options: BatchOptions, slots: dict[str, int], batch: str
+    pair: Pair, output: Path, options: RegistrationOptions, force: bool, slots: dict[str, int], batch: str
 ) -> PairOutcome:
     """The task: one pair on a worker, with the host's cores shared among the pairs running there."""
     from distributed import get_worker
@@ -126,8 +127,8 @@ def _register_on_worker(
     with _lock:
         _running.setdefault(batch, set()).add(pair.name)
     try:
-        outcome = measured(lambda: register_pair(pair, output, options=options, threads=threads,
-                                                 cancel=lambda: batch in _cancelled))
+        outcome = measured(lambda: register_pair(pair, output, options=replace(options, threads=threads),
+                                                 force=force, cancel=lambda: batch in _cancelled))
     finally:
         with _lock:
             _running[batch].discard(pair.name)
@@ -153,16 +154,18 @@ def _failure_message(error: BaseException) -> str:
     return f"{type(error).__name__}: {one_line(error)}"
 
 
-def run_on_client(client: Any, pairs: Sequence[Pair], output: Path, options: BatchOptions,
+def run_on_client(client: Any, pairs: Sequence[Pair], output: Path, options: RegistrationOptions, force: bool,
                   outcomes: list[PairOutcome], progress: BatchProgress) -> None:
     """Submit one task per pair and fill ``outcomes`` (input order) as they finish."""
     from distributed import as_completed
 
     batch = uuid.uuid4().hex[:12]
     slots = _slots_per_host(client)
+    # progress and cancel are this process's callbacks: on the workers, the batch's stop replaces them
+    options = replace(options, progress=None, cancel=None)
     futures = {}
     for index, pair in enumerate(pairs):
-        future = client.submit(_register_on_worker, pair, output, options, slots, batch,
+        future = client.submit(_register_on_worker, pair, output, options, force, slots, batch,
                                key=f"oneclick-register-{pair.name}-{batch}", pure=False)
         futures[future] = index
     finished = 0
@@ -172,7 +175,7 @@ def run_on_client(client: Any, pairs: Sequence[Pair], output: Path, options: Bat
             try:
                 outcome = future.result()
             except Exception as exc:  # the task itself never raises for a bad pair: this is the cluster's word
-                outcome = PairOutcome(summary_row(pairs[index], ERROR, error=_failure_message(exc)))
+                outcome = PairOutcome(summary_row(pairs[index], status=ERROR, error=_failure_message(exc)))
             outcomes[index] = outcome
             del futures[future]  # only now: a Ctrl-C in between still finds the pair in ``futures``
             finished += 1
@@ -203,6 +206,6 @@ def _stop(client: Any, batch: str, pairs: Sequence[Pair], futures: dict[Any, int
         try:
             outcome = future.result(timeout=max(0.1, deadline - time.monotonic()))
         except Exception:
-            outcome = PairOutcome(summary_row(pairs[index], INTERRUPTED, error="stopped by the user"))
+            outcome = PairOutcome(summary_row(pairs[index], status=INTERRUPTED, error="stopped by the user"))
         outcomes[index] = outcome
     client.cancel(waiting)
