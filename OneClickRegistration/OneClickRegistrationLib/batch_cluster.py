@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .batch import (
+from .batch_pairs import (
     ERROR,
     INTERRUPTED,
     OK,

@@ -28,8 +28,9 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import make_case_pair, mean_tre, print_table, random_cases, write_json
 
-from OneClickRegistrationLib.batch import Pair, register_batch, usable_cores
+from OneClickRegistrationLib.batch import Pair, register_batch
 from OneClickRegistrationLib.batch_cluster import cluster_client
+from OneClickRegistrationLib.batch_pairs import usable_cores
 from OneClickRegistrationLib.options import RegistrationOptions
 
 PAIRS = [("T1", "T1"), ("T1", "T2"), ("T1", "FLAIR"), ("T1", "CT"), ("CT", "T1"), ("T2", "FLAIR")]
