@@ -29,7 +29,9 @@ Steps (on a copy of about 3 mm, so a 1 mm head takes a fraction of a second):
    ``MAX_CSF_SHARE`` of the voxels, grey and white matter ``MIN_WM_GM_SEPARATION`` spreads apart,
    CSF ``MIN_CSF_GAP`` of the brightest median away from grey matter. A failed check gives a
    generic MR.
-7. Confidence ``0.5 + 0.45 * min(1, margin / FULL_MARGIN)``: below ``CONFIDENT`` (0.6) the
+7. Confidence ``0.5 + 0.45 * min(1, margin / FULL_MARGIN)``, kept below ``CONFIDENT`` for a T1
+   whose grey matter median is above ``T1_MAX_GREY_WHITE_RATIO`` of the white matter's (T1's
+   contrast is larger: two classes that close may be a FLAIR). Below ``CONFIDENT`` (0.6) the
    contrast is only a leaning and the answer is a generic MR, which selects the safe
    cross-modality preset.
 """
@@ -56,6 +58,7 @@ MAX_CSF_SHARE = 0.4
 MIN_WM_GM_SEPARATION = 1.5
 MIN_CSF_GAP = 0.15
 CONFIDENT = 0.6
+T1_MAX_GREY_WHITE_RATIO = 0.83  # T1 grey/white medians measured 0.64-0.78; FLAIR read as T1 0.86-0.89
 
 # Where the white matter sits in the intensity order (0 darkest .. 2 brightest) -> the contrast,
 # and the roles of the three classes from darkest to brightest.
@@ -269,6 +272,12 @@ def read_contrast(image: sitk.Image) -> ContrastReading | None:
         return ContrastReading("MR", leaning, 0.45, margin, tuple(named),
                                f"tissue classes do not look like a brain ({'; '.join(failed)}): {evidence}")
     confidence = 0.5 + 0.45 * min(1.0, max(0.0, margin) / FULL_MARGIN)
+    roles = {c.role: c for c in named}
+    close = roles["grey matter"].median / max(1e-12, roles["white matter"].median)
+    if leaning == "T1" and close > T1_MAX_GREY_WHITE_RATIO:
+        # FLAIR's grey/white contrast is smaller than T1's white/grey one: two bright classes this
+        # close may be a FLAIR whose white matter was misplaced, so T1 stays a leaning.
+        confidence = min(confidence, CONFIDENT - 0.05)
     confidence = round(confidence, 3)
     order = " > ".join(c.role for c in sorted(named, key=lambda c: c.median, reverse=True))
     why = (f"brain tissue order {order} ({leaning}), the white matter told by depth and "

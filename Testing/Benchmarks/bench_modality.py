@@ -152,7 +152,7 @@ def main() -> None:
             if args.verbose:
                 print(f"[{label}] {case.truth:6s} {case.variant:8s} {case.grid:7s} c{case.coarsen} "
                       f"n{case.noise} b{case.bias} -> {row['answer']} {row['confidence']:.2f}  "
-                      f"{str(row['detail'])[:150]}", flush=True)
+                      f"{str(row['detail'])[-330:]}", flush=True)
         for truth in (*CONTRASTS, "CT", "object"):
             table.append({"truth": truth, **tally([r for r in rows if r["truth"] == truth], label)})
         mr_rows = [r for r in rows if r["truth"] in CONTRASTS]
