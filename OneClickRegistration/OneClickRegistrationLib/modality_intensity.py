@@ -101,7 +101,7 @@ class ContrastReading:
 
 
 def _working_copy(image: sitk.Image) -> sitk.Image:
-    factors = [max(1, int(WORKING_SPACING_MM / s)) for s in image.GetSpacing()]
+    factors = [max(1, min(n, int(WORKING_SPACING_MM / s))) for n, s in zip(image.GetSize(), image.GetSpacing())]
     return sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), factors)
 
 
@@ -237,6 +237,8 @@ def _brain_checks(named: list[TissueClass], contrast: str) -> list[str]:
 def read_contrast(image: sitk.Image) -> ContrastReading | None:
     """The contrast of a non-negative MR head image from its tissue classes; None when the image
     is too small or too uniform to have three classes."""
+    if image.GetDimension() != 3 or min(image.GetSize()) < 3:
+        return None  # a slice or a thin slab has no depth to tell white from grey matter
     small = _working_copy(image)
     values = np.nan_to_num(sitk.GetArrayFromImage(small).astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     if values.ndim != 3 or values.size < MIN_VOXELS:
