@@ -14,9 +14,9 @@ from dataclasses import dataclass, replace
 import SimpleITK as sitk
 
 from .engines import get_engine
-from .engines.base import EngineRequest, RunOptions
+from .engines.base import RunOptions
 from .metrics import ScoreResult, score
-from .preparation import PreparedPair
+from .preparation import PreparedPair, engine_request, engine_result
 from .presets import Preset
 from .stage_times import StageTimes
 from .verdict import Verdict, judge
@@ -89,22 +89,19 @@ def run_attempt(
     """
     times = timings if timings is not None else StageTimes()
     began = time.perf_counter()
-    request = EngineRequest(
-        fixed=pair.fixed,
-        moving=pair.moving,
-        preset=preset,
-        transform_kind=preset.transform,
-        initial_transform=initial,
-    )
+    # Partial fields of view by design: sampled only where the images overlap (see engine_request).
+    with times.stage("preparation"):
+        request, inverted = engine_request(pair, preset, initial, engine=engine)
     with times.stage("engine"):
         output = get_engine(engine).run(request, options)
+    transform = engine_result(output.transform, inverted=inverted)
     with times.stage("scoring"):
-        after = score_on(pair, output.transform, preset.score_metric)
+        after = score_on(pair, transform, preset.score_metric)
     return Attempt(
         engine=engine,
         start=start,
         initial=initial,
-        transform=output.transform,
+        transform=transform,
         score=after,
         elapsed_s=time.perf_counter() - began,
         log=output.log,
