@@ -1,0 +1,427 @@
+"""This project side by side with its peers, on the same hard cases: error, time, attempts, verdict.
+
+Per case (synthetic heads with a known rigid misalignment, T1/T2/FLAIR/CT pairs):
+
+* ``oneclick``: the one-click default path (``register`` with no engine named: the preset's first
+  installed engine, recovery on), with its number of attempts and its verdict;
+* ``oneclick-simpleitk``: the same with the embedded SimpleITK engine only (a user without elastix);
+* ``SlicerElastix-rigid``: SlicerElastix's default rigid ``Parameters_Rigid.txt``, run by the same
+  elastix program the way SlicerElastix runs it (volumes as they are);
+* ``greedy``: the ``picsl-greedy`` wheel's documented rigid recipe
+  (``-d 3 -a -dof 6 -m NMI -ia-image-centers -n 100x50x10``); its matrix maps fixed to moving points
+  in RAS and is converted to ITK's LPS (``F M F``, ``F = diag(-1, -1, 1, 1)``);
+* ``SyNQuick-rigid``: the rigid stage of ANTs' ``antsRegistrationSyNQuick.sh -t r`` (its variables
+  read from the script at run time), run through antspyx.
+
+The peers' files are read at run time from the folder given by ``--peers DIR`` or
+``$ONECLICK_PEERS_DIR`` (``SlicerElastix/.../Parameters_Rigid.txt`` and
+``ANTs/Scripts/antsRegistrationSyNQuick.sh`` below it); a peer whose file or program is missing is
+skipped with a message.
+
+    python Testing/Benchmarks/bench_peers.py --peers DIR [--quick] [--methods oneclick,greedy,...]
+
+``--quick``: coarse grids (2 mm) and one case per kind, for development; the full mode runs every
+kind on the modalities' real grids. Prints one line per case, then the per-case table (our error
+over the best peer's, our time over each peer's) and the success rates; writes
+``results/bench_peers.json`` (``--name`` changes the name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_ants_peers as ants_peers
+import bench_common as bc
+import bench_elastix_peers as elastix_peers
+
+from OneClickRegistrationLib import synthetic
+from OneClickRegistrationLib.engines.base import EngineSettings
+from OneClickRegistrationLib.engines.elastix_engine import ElastixEngine
+from OneClickRegistrationLib.modality import parse_modality
+from OneClickRegistrationLib.pipeline import register
+from OneClickRegistrationLib.transforms import affine_from_matrix
+
+PEERS_ENV = "ONECLICK_PEERS_DIR"
+SLICERELASTIX_FILE = "Parameters_Rigid.txt"
+SYNQUICK_SCRIPT = "antsRegistrationSyNQuick.sh"
+GREEDY_RIGID = "-d 3 -a -dof 6 -m NMI -ia-image-centers -n 100x50x10"
+OURS, OURS_SITK = "oneclick", "oneclick-simpleitk"
+SLICERELASTIX, GREEDY, SYNQUICK = "SlicerElastix-rigid", "greedy", "SyNQuick-rigid"
+PEERS = (SLICERELASTIX, GREEDY, SYNQUICK)
+TARGET_RATIO, TARGET_FLOOR_MM = 1.5, 0.15  # ours <= max(1.5x the best peer, 0.15 mm) per case
+
+_RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_SAGITTAL = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)  # slices along left-right
+_FLIPPED = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)  # a left-handed grid (mirrored x axis)
+
+
+def _oblique(degrees: float) -> tuple[float, ...]:
+    a = np.deg2rad(degrees)
+    tilt = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(a), -np.sin(a)], [0.0, np.sin(a), np.cos(a)]])
+    return tuple(tilt.ravel())
+
+
+# --- cases -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PeerCase:
+    """One hard case: a modality pair, a known misalignment and how the moving image is acquired."""
+
+    kind: str
+    fixed: str
+    moving: str
+    rotation_deg: tuple[float, float, float]
+    translation_mm: tuple[float, float, float]
+    fov_shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    moving_fov_mm: tuple[float, float, float] | None = None
+    moving_direction: tuple[float, ...] | None = None
+    moving_spacing_mm: tuple[float, float, float] | None = None  # None: the modality's typical grid
+    skull_stripped: bool = False
+    seed: int = 0
+
+    @property
+    def pair_name(self) -> str:
+        return f"{self.moving}->{self.fixed}"
+
+
+def peer_cases(*, per_kind: int, seed: int = 2026) -> list[PeerCase]:
+    """``per_kind`` cases of every kind the issue lists, cycling through the modality pairs."""
+    rng = np.random.default_rng(seed)
+
+    def rot(limit: float, *, one_axis_from: float = 0.0) -> tuple[float, float, float]:
+        angles = rng.uniform(-limit / 3, limit / 3, 3)
+        if one_axis_from:
+            angles[rng.integers(0, 3)] = rng.choice([-1, 1]) * rng.uniform(one_axis_from, limit)
+        else:
+            angles = rng.uniform(-limit, limit, 3)
+        return tuple(np.round(angles, 1))  # type: ignore[return-value]
+
+    def trans(low: float, high: float) -> tuple[float, float, float]:
+        v = rng.normal(size=3)
+        return tuple(np.round(v / np.linalg.norm(v) * rng.uniform(low, high), 1))  # type: ignore[return-value]
+
+    mr = ("T1", "T2", "FLAIR")
+    cases: list[PeerCase] = []
+    for i in range(per_kind):
+        def s() -> int:
+            return int(rng.integers(0, 2**31))
+
+        a, b = mr[i % 3], mr[(i + 1) % 3]
+        cases += [
+            PeerCase("slab-under-CT", "CT", mr[(i + 2) % 3], rot(20), trans(5, 20),
+                     moving_fov_mm=(220.0, 230.0, 60.0), seed=s()),
+            PeerCase("rotation-90", a, "CT" if i % 2 else b, rot(90, one_axis_from=60), trans(5, 20), seed=s()),
+            PeerCase("no-overlap", "CT" if i % 2 == 0 else a, b, rot(25),
+                     tuple(np.add(trans(5, 30), (300.0, -200.0, 150.0))), seed=s()),  # type: ignore[arg-type]
+            PeerCase("sagittal-grid", b, a, rot(25), trans(5, 25), trans(0, 10),
+                     moving_direction=_SAGITTAL, seed=s()),
+            PeerCase("oblique-grid", "CT", a, rot(25), trans(5, 25), trans(0, 10),
+                     moving_direction=_oblique(25.0), seed=s()),
+            PeerCase("flipped-grid", a, b, rot(25), trans(5, 25), trans(0, 10),
+                     moving_direction=_FLIPPED, seed=s()),
+            PeerCase("fine-vs-coarse", "T1", "T2" if i % 2 == 0 else "FLAIR", rot(15), trans(5, 20),
+                     moving_spacing_mm=(0.5, 0.5, 3.0), seed=s()),
+            PeerCase("skull-stripped", a if a != "T1" else "T2", "T1", rot(20), trans(5, 20), trans(0, 10),
+                     skull_stripped=True, seed=s()),
+            PeerCase("already-aligned", a, "CT" if i % 2 else b, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), seed=s()),
+        ]
+    return cases
+
+
+def make_case(case: PeerCase, *, coarsen: float) -> synthetic.SyntheticPair:
+    """The case's images, built from the synthetic head like ``synthetic.make_pair``."""
+    resolution = max(1.0, min(2.5, coarsen))
+    fixed_mod, moving_mod = parse_modality(case.fixed), parse_modality(case.moving)
+    subject = synthetic.make_subject(resolution_mm=resolution)
+    center = subject.head_center
+    truth = synthetic.rigid_transform(case.rotation_deg, case.translation_mm, center)
+    fixed_grid = synthetic.typical_grid(fixed_mod, center, coarsen=coarsen)
+    moved_center = tuple(np.asarray(truth.TransformPoint(center)) + np.asarray(case.fov_shift_mm))
+    moving_grid = synthetic.typical_grid(moving_mod, moved_center, coarsen=coarsen,  # type: ignore[arg-type]
+                                         direction=case.moving_direction, fov_mm=case.moving_fov_mm)
+    if case.moving_spacing_mm is not None:
+        spacing = tuple(s * coarsen for s in case.moving_spacing_mm)
+        moving_grid = synthetic.Grid.centered(moved_center, case.moving_fov_mm or  # type: ignore[arg-type]
+                                              synthetic.TYPICAL_FOV_MM[moving_mod], spacing, case.moving_direction)
+    fixed = synthetic.render(fixed_mod, fixed_grid, resolution_mm=resolution, seed=case.seed)
+    moving = synthetic.render(moving_mod, moving_grid, image_to_reference=truth.GetInverse(),
+                              resolution_mm=resolution, seed=case.seed + 1)
+    if case.skull_stripped:
+        # The brain (and the CSF around it) only, as a skull-stripping tool leaves it.
+        brain = sitk.BinaryDilate(subject.brain, [max(1, round(3.0 / resolution))] * 3)
+        on_moving = sitk.Resample(brain, moving, truth.GetInverse(), sitk.sitkNearestNeighbor, 0)
+        moving = sitk.Mask(moving, sitk.Cast(on_moving, sitk.sitkUInt8))
+    return synthetic.SyntheticPair(fixed=fixed, moving=moving, truth=truth,
+                                   brain_points=synthetic.brain_points(subject, count=2000, seed=case.seed),
+                                   fixed_modality=fixed_mod, moving_modality=moving_mod)
+
+
+# --- peers' files ------------------------------------------------------------------------------------
+
+def peers_dir(option: str | None) -> Path | None:
+    """The folder holding the peers' files: ``--peers`` or ``$ONECLICK_PEERS_DIR``."""
+    value = option or os.environ.get(PEERS_ENV)
+    return Path(value) if value else None
+
+
+def find_peer_file(root: Path | None, name: str) -> Path | None:
+    """The one file called ``name`` below ``root`` (None when there is none)."""
+    if root is None or not root.is_dir():
+        return None
+    found = sorted(root.rglob(name))
+    return found[0] if found else None
+
+
+# --- running each method -------------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """One method on one case."""
+
+    method: str
+    case_index: int
+    kind: str
+    pair: str
+    tre_mm: float
+    seconds: float
+    attempts: int | None = None
+    verdict: str | None = None
+    engine: str | None = None
+    error: str = ""
+
+    @property
+    def success(self) -> bool:
+        return not self.error and self.tre_mm < bc.SUCCESS_MM
+
+
+def run_ours(pair: synthetic.SyntheticPair, engine: str | None) -> tuple[sitk.Transform, dict[str, object]]:
+    result = register(pair.fixed, pair.moving, engine=engine)
+    return result.transform, {"attempts": len(result.attempts), "verdict": result.verdict.label,
+                              "engine": result.engine}
+
+
+def run_slicerelastix(pair: synthetic.SyntheticPair, parameters: str, elastix: str) -> sitk.Transform:
+    return elastix_peers.run_peer(pair, parameters, elastix, {})
+
+
+def greedy_to_itk(ras_fixed_to_moving: np.ndarray) -> sitk.AffineTransform:
+    """greedy's RAS fixed->moving matrix as an ITK (LPS) fixed->moving transform."""
+    return affine_from_matrix(_RAS_FROM_LPS @ ras_fixed_to_moving @ _RAS_FROM_LPS)
+
+
+@contextlib.contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """Send what native code prints (greedy's per-iteration log) to ``path`` instead of the terminal."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(path, "w") as log:
+            os.dup2(log.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def run_greedy(pair: synthetic.SyntheticPair) -> sitk.Transform:
+    from picsl_greedy import Greedy3D
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-greedy-"))
+    try:
+        sitk.WriteImage(pair.fixed, str(folder / "f.nii.gz"))
+        sitk.WriteImage(pair.moving, str(folder / "m.nii.gz"))
+        with _output_to(folder / "greedy.log"):
+            Greedy3D().execute(f"{GREEDY_RIGID} -i {folder / 'f.nii.gz'} {folder / 'm.nii.gz'} "
+                               f"-o {folder / 'rigid.mat'}")
+        return greedy_to_itk(np.loadtxt(folder / "rigid.mat"))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def synquick_from_script(script: Path, *, large_image: bool) -> ants_peers.PeerStage:
+    """The rigid stage of ``antsRegistrationSyNQuick.sh -t r``, read from the script at ``script``."""
+    def one_file(_git_dir: Path, _suffix: str) -> tuple[str, str]:
+        return str(script), script.read_text(encoding="utf-8")
+
+    # bench_ants_peers reads the script from a git copy; here it is a plain file.
+    reader, ants_peers._git_file = ants_peers._git_file, one_file  # type: ignore[assignment]
+    try:
+        return ants_peers.synquick_rigid(script.parent, large_image=large_image)
+    finally:
+        ants_peers._git_file = reader  # type: ignore[assignment]
+
+
+def run_synquick(pair: synthetic.SyntheticPair, stages: dict[bool, ants_peers.PeerStage]) -> sitk.Transform:
+    fixed, moving = sitk.Cast(pair.fixed, sitk.sitkFloat32), sitk.Cast(pair.moving, sitk.sitkFloat32)
+    # The script's own rule: its larger-image settings once an image has more than 256 voxels on an axis.
+    stage = stages[max(*fixed.GetSize(), *moving.GetSize()) > 256]
+    return ants_peers.run_peer(stage, fixed, moving)
+
+
+def measure(method: str, index: int, case: PeerCase, pair: synthetic.SyntheticPair,
+            run: Callable[[synthetic.SyntheticPair], sitk.Transform | tuple[sitk.Transform, dict[str, object]]]
+            ) -> Outcome:
+    start = time.perf_counter()
+    try:
+        found = run(pair)
+    except Exception as exc:  # a method's failure is a data point
+        return Outcome(method, index, case.kind, case.pair_name, float("inf"), time.perf_counter() - start,
+                       error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+    seconds = time.perf_counter() - start
+    transform, extra = found if isinstance(found, tuple) else (found, {})
+    return Outcome(method, index, case.kind, case.pair_name, bc.mean_tre(transform, pair), seconds,
+                   **extra)  # type: ignore[arg-type]
+
+
+# --- tables ------------------------------------------------------------------------------------------
+
+def per_case_rows(outcomes: Sequence[Outcome], cases: Sequence[PeerCase]) -> list[dict[str, object]]:
+    rows = []
+    for index, case in enumerate(cases):
+        mine = {o.method: o for o in outcomes if o.case_index == index}
+        ours = mine.get(OURS)
+        row: dict[str, object] = {"case": index, "kind": case.kind, "pair": case.pair_name}
+        if ours is not None:
+            row.update(ours_mm=ours.tre_mm, ours_s=ours.seconds, attempts=ours.attempts, verdict=ours.verdict)
+        if OURS_SITK in mine:
+            row.update(sitk_mm=mine[OURS_SITK].tre_mm, sitk_s=mine[OURS_SITK].seconds,
+                       sitk_attempts=mine[OURS_SITK].attempts, sitk_verdict=mine[OURS_SITK].verdict)
+        peers = [mine[p] for p in PEERS if p in mine]
+        for peer in peers:
+            row[f"{peer.method}_mm"] = peer.tre_mm
+            row[f"{peer.method}_s"] = peer.seconds
+        finite = [p.tre_mm for p in peers if np.isfinite(p.tre_mm)]
+        best = min(finite) if finite else None
+        row["best_peer_mm"] = best
+        if ours is not None and best is not None:
+            row["ours_over_best"] = ours.tre_mm / best if best > 0 else None
+            row["meets_target"] = bool(ours.tre_mm <= max(TARGET_RATIO * best, TARGET_FLOOR_MM))
+            for peer in peers:
+                row[f"time_vs_{peer.method}"] = ours.seconds / peer.seconds
+        rows.append(row)
+    return rows
+
+
+def success_rows(outcomes: Sequence[Outcome]) -> list[dict[str, object]]:
+    rows = []
+    for method in (OURS, OURS_SITK, *PEERS):
+        mine = [o for o in outcomes if o.method == method]
+        if not mine:
+            continue
+        finite = [o.tre_mm for o in mine if np.isfinite(o.tre_mm)]
+        row: dict[str, object] = {
+            "method": method, "cases": len(mine), "success_rate": sum(o.success for o in mine) / len(mine),
+            "median_tre_mm": statistics.median(finite) if finite else float("inf"),
+            "max_tre_mm": max(finite) if finite else float("inf"),
+            "median_s": statistics.median(o.seconds for o in mine),
+        }
+        if mine[0].attempts is not None:
+            row["recovered"] = sum((o.attempts or 0) > 1 for o in mine)
+            # Verdict quality: every result more than 5 mm off flagged; no result under 2 mm flagged.
+            row["missed_failures"] = sum(o.tre_mm > 5.0 and o.verdict == "good" for o in mine)
+            row["false_alarms"] = sum(o.tre_mm < 2.0 and o.verdict not in ("good", None) for o in mine)
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peers", default=None, metavar="DIR",
+                        help=f"folder with the peers' files (default: ${PEERS_ENV})")
+    parser.add_argument("--quick", action="store_true", help="coarse 2 mm grids, one case per kind")
+    parser.add_argument("--per-kind", type=int, default=None, help="cases per kind (quick: 1, full: 2)")
+    parser.add_argument("--coarsen", type=float, default=None, help="scale every grid (quick: 2, full: 1)")
+    parser.add_argument("--kinds", default="", help="comma-separated kinds to run (default: all)")
+    parser.add_argument("--methods", default=",".join((OURS, OURS_SITK, *PEERS)))
+    parser.add_argument("--name", default="bench_peers", help="results file name (without .json)")
+    args = parser.parse_args(argv)
+    coarsen = args.coarsen if args.coarsen is not None else (2.0 if args.quick else 1.0)
+    per_kind = args.per_kind if args.per_kind is not None else (1 if args.quick else 2)
+    methods = set(args.methods.split(","))
+
+    root = peers_dir(args.peers)
+    sources: dict[str, str] = {}
+    runners: dict[str, Callable[[synthetic.SyntheticPair], object]] = {
+        OURS: lambda p: run_ours(p, None),
+        OURS_SITK: lambda p: run_ours(p, "simpleitk"),
+    }
+    elastix = ElastixEngine(EngineSettings())
+    parameters = find_peer_file(root, SLICERELASTIX_FILE)
+    if parameters is None or not elastix.availability().available:
+        print(f"{SLICERELASTIX} skipped: no {SLICERELASTIX_FILE} under {root} or no elastix program")
+    else:
+        text, program = parameters.read_text(encoding="utf-8"), str(elastix.executable())
+        runners[SLICERELASTIX] = lambda p: run_slicerelastix(p, text, program)
+        sources[SLICERELASTIX] = f"{parameters} with {elastix.availability().detail}"
+    try:
+        import picsl_greedy  # noqa: F401
+    except ImportError:
+        print(f"{GREEDY} skipped: the picsl-greedy wheel is not installed")
+    else:
+        runners[GREEDY] = run_greedy
+        sources[GREEDY] = f"picsl-greedy: {GREEDY_RIGID}"
+    script = find_peer_file(root, SYNQUICK_SCRIPT)
+    if script is None:
+        print(f"{SYNQUICK} skipped: no {SYNQUICK_SCRIPT} under {root}")
+    else:
+        stages = {large: synquick_from_script(script, large_image=large) for large in (False, True)}
+        runners[SYNQUICK] = lambda p: run_synquick(p, stages)
+        sources[SYNQUICK] = f"{script}: {' '.join(stages[False].arguments('F', 'M', 'OUT'))}"
+    runners = {m: r for m, r in runners.items() if m in methods}
+    for method, source in sources.items():
+        print(f"{method}: {source}")
+
+    kinds = set(filter(None, args.kinds.split(",")))
+    cases = [c for c in peer_cases(per_kind=per_kind) if not kinds or c.kind in kinds]
+    print(f"{len(cases)} cases, grids x{coarsen:g}, methods: {', '.join(runners)}\n")
+    outcomes: list[Outcome] = []
+    for index, case in enumerate(cases):
+        pair = make_case(case, coarsen=coarsen)
+        line = []
+        for method, run in runners.items():
+            outcome = measure(method, index, case, pair, run)  # type: ignore[arg-type]
+            outcomes.append(outcome)
+            extra = (f" {outcome.attempts} att {outcome.verdict}" if outcome.attempts is not None else "")
+            line.append(f"{method} {outcome.tre_mm:.2f} mm {outcome.seconds:.1f} s{extra}"
+                        + (f" [{outcome.error}]" if outcome.error else ""))
+        print(f"case {index:2d} {case.kind:16s} {case.pair_name:10s} " + " | ".join(line), flush=True)
+
+    rows = per_case_rows(outcomes, cases)
+    columns = ["case", "kind", "pair", "ours_mm", "ours_s", "attempts", "verdict", "sitk_mm", "sitk_s",
+               *(f"{p}_mm" for p in PEERS if p in runners), "ours_over_best", "meets_target",
+               *(f"time_vs_{p}" for p in PEERS if p in runners)]
+    print()
+    bc.print_table(rows, [c for c in columns if any(c in r for r in rows)])
+    summary = success_rows(outcomes)
+    print()
+    bc.print_table(summary, ["method", "cases", "success_rate", "median_tre_mm", "max_tre_mm", "median_s",
+                             "recovered", "missed_failures", "false_alarms"])
+    met = [r["meets_target"] for r in rows if "meets_target" in r]
+    print(f"\nours within max({TARGET_RATIO}x best peer, {TARGET_FLOOR_MM} mm) on {sum(met)}/{len(met)} cases; "
+          "time_vs_<peer> = our wall time / the peer's on the same case (< 1: faster).")
+    path = bc.write_json(args.name, {
+        "coarsen": coarsen, "per_kind": per_kind, "success_mm": bc.SUCCESS_MM, "sources": sources,
+        "target": {"ratio_to_best_peer": TARGET_RATIO, "floor_mm": TARGET_FLOOR_MM},
+        "cases": [asdict(c) for c in cases], "outcomes": [asdict(o) for o in outcomes],
+        "per_case": rows, "summary": summary,
+    })
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
