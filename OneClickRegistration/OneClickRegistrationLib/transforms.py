@@ -6,6 +6,7 @@ All transforms here follow the ITK resampling convention (fixed -> moving, LPS).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -69,17 +70,27 @@ def nearest_rotation(matrix: np.ndarray) -> np.ndarray:
     return rotation
 
 
+def rigid_from_matrix(
+    matrix: np.ndarray,
+    center: Sequence[float] | None = None,
+    *,
+    kind: Callable[[], sitk.Transform] = sitk.Euler3DTransform,
+) -> sitk.Transform:
+    """A rigid transform (``kind``: Euler3D, VersorRigid3D, ...) with the 4x4 matrix's translation and
+    the rotation nearest its linear part, expressed around ``center``."""
+    c = np.zeros(3) if center is None else np.asarray(center, dtype=float)
+    rotation = nearest_rotation(matrix[:3, :3])
+    rigid = kind()
+    rigid.SetCenter(tuple(float(v) for v in c))  # type: ignore[attr-defined]
+    rigid.SetMatrix(tuple(rotation.ravel()))  # type: ignore[attr-defined]
+    # x -> R(x - c) + c + t  ==  R x + (c - R c + t)  must equal  R x + b
+    rigid.SetTranslation(tuple(matrix[:3, 3] - c + rotation @ c))  # type: ignore[attr-defined]
+    return rigid
+
+
 def as_euler(transform: sitk.Transform) -> sitk.Euler3DTransform:
     """A linear transform as an Euler3DTransform (its linear part projected onto a rotation)."""
-    matrix = to_matrix(transform)
-    center = _center_of(transform) or (0.0, 0.0, 0.0)
-    euler = sitk.Euler3DTransform()
-    euler.SetCenter(center)
-    rotation = nearest_rotation(matrix[:3, :3])
-    euler.SetMatrix(tuple(rotation.ravel()))
-    c = np.asarray(center)
-    euler.SetTranslation(tuple(matrix[:3, 3] - c + rotation @ c))
-    return euler
+    return rigid_from_matrix(to_matrix(transform), _center_of(transform))  # type: ignore[return-value]
 
 
 def rotation_angle_deg(matrix: np.ndarray) -> float:
@@ -99,3 +110,38 @@ def mean_displacement_mm(a: sitk.Transform, b: sitk.Transform, points: np.ndarra
     pa = points @ to_matrix(a)[:3, :3].T + to_matrix(a)[:3, 3]
     pb = points @ to_matrix(b)[:3, :3].T + to_matrix(b)[:3, 3]
     return float(np.linalg.norm(pa - pb, axis=1).mean())
+
+
+def is_rotation(matrix: np.ndarray, *, atol: float = 1e-6) -> bool:
+    """Whether a 3x3 matrix is a proper rotation (orthonormal, determinant +1) within ``atol``."""
+    linear = np.asarray(matrix, dtype=float)
+    return bool(np.allclose(linear.T @ linear, np.eye(3), atol=atol) and np.linalg.det(linear) > 0)
+
+
+def with_center(transform: sitk.Transform, center: tuple[float, float, float]) -> sitk.AffineTransform:
+    """The same linear map as one AffineTransform expressed around ``center``."""
+    return affine_from_matrix(to_matrix(transform), tuple(float(c) for c in center))
+
+
+def as_rigid_or_affine(transform: sitk.Transform, *, rigid: bool, atol: float = 1e-6,
+                       center: tuple[float, float, float] | None = None) -> sitk.Transform:
+    """One Euler3DTransform when ``rigid`` and the linear part is a rotation, else one AffineTransform.
+
+    A rigid request whose transform is not a rotation (e.g. it started from an affine) stays affine
+    rather than being silently projected onto a rotation. ``center`` defaults to the transform's own.
+    Raises InputError for a non-linear transform or non-finite values.
+    """
+    matrix = to_matrix(transform)
+    if not np.all(np.isfinite(matrix)):
+        raise InputError(f"Expected a transform with finite values; received a {transform.GetName()} with "
+                         f"non-finite values (matrix {np.round(matrix, 6).tolist()}).")
+    centred = affine_from_matrix(matrix, center if center is not None else _center_of(transform))
+    if rigid and is_rotation(matrix[:3, :3], atol=atol):
+        return as_euler(centred)
+    return centred
+
+
+def as_versor_rigid(transform: sitk.Transform,
+                    center: tuple[float, float, float]) -> sitk.VersorRigid3DTransform:
+    """A linear transform as a VersorRigid3DTransform around ``center`` (linear part projected onto a rotation)."""
+    return rigid_from_matrix(to_matrix(transform), center, kind=sitk.VersorRigid3DTransform)  # type: ignore[return-value]

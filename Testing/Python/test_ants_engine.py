@@ -16,15 +16,17 @@ import SimpleITK as sitk
 from OneClickRegistrationLib.engines import ants_engine as ae
 from OneClickRegistrationLib.engines import get_engine
 from OneClickRegistrationLib.engines.base import EngineSettings, RegistrationEngine
+from OneClickRegistrationLib.engines.external_program import EngineFiles
 from OneClickRegistrationLib.errors import EngineError, EngineUnavailableError, InputError
 from OneClickRegistrationLib.presets import preset_for
 
-FILES = ae.AntsFiles(fixed="/w/fixed.mha", moving="/w/moving.mha", output_prefix="/w/ants_")
+FILES = EngineFiles(fixed="/w/fixed.mha", moving="/w/moving.mha", initial_transform="/w/initial.mat")
 ONE_MM = (1.0, 1.0, 1.0)
 
 
-def _args(preset, files=FILES, kind="rigid", spacing=ONE_MM):
-    return ae.build_arguments(preset, files, transform_kind=kind, levels=ae.ants_levels(preset, spacing))
+def _args(preset, files=FILES, kind="rigid", spacing=ONE_MM, prefix="/w/ants_"):
+    return ae.build_arguments(preset, files, transform_kind=kind, levels=ae.ants_levels(preset, spacing),
+                              output_prefix=prefix)
 
 
 def _values(args: list[str], flag: str) -> list[str]:
@@ -43,7 +45,7 @@ def test_rigid_mi_argument_list_is_what_slicerants_users_know():
         "--interpolation": "Linear",
         "--use-histogram-matching": "0",
         "--winsorize-image-intensities": "[0.005,0.995]",
-        "--initial-moving-transform": "[/w/fixed.mha,/w/moving.mha,1]",  # moments: centre of mass
+        "--initial-moving-transform": "/w/initial.mat",  # always the pipeline's start
         "--transform": "Rigid[0.1]",
         "--metric": "MI[/w/fixed.mha,/w/moving.mha,1,32,Regular,0.1]",
         # full resolution after a 2x level: 0 iterations, as ANTs' own scripts do ("...x0")
@@ -69,12 +71,12 @@ def test_preset_numbers_reach_the_arguments():
     assert _values(args, "--winsorize-image-intensities") == ["[0.01,0.99]"]
 
 
-def test_same_modality_uses_global_correlation_and_geometry_init_uses_feature_0():
+def test_same_modality_uses_global_correlation_and_ants_never_initializes_itself():
     preset = replace(preset_for("T1", "T1"), initialization="geometry")
     assert preset.similarity == "ncc"
     args = _args(preset)
     assert _values(args, "--metric") == ["GC[/w/fixed.mha,/w/moving.mha,1,1,Regular,0.1]"]
-    assert _values(args, "--initial-moving-transform") == ["[/w/fixed.mha,/w/moving.mha,0]"]
+    assert _values(args, "--initial-moving-transform") == ["/w/initial.mat"]
 
 
 def test_affine_is_a_rigid_stage_then_an_affine_stage():
@@ -102,8 +104,8 @@ def test_masks_and_initial_transform_file():
 
 
 def test_paths_with_spaces_stay_one_argument():
-    files = ae.AntsFiles(fixed="/my data/f.mha", moving="/my data/m.mha", output_prefix="/my data/ants_")
-    args = _args(preset_for("T1", "T2"), files=files)
+    files = EngineFiles(fixed="/my data/f.mha", moving="/my data/m.mha", initial_transform="/my data/i.mat")
+    args = _args(preset_for("T1", "T2"), files=files, prefix="/my data/ants_")
     assert "/my data/ants_" in args
     assert "MI[/my data/f.mha,/my data/m.mha,1,32,Regular,0.1]" in args
 
@@ -213,16 +215,6 @@ def test_result_is_flattened_to_euler_for_rigid_and_affine_otherwise(tmp_path):
     # A rigid run that started from an affine initial transform keeps its scaling (no silent projection).
     assert ae.result_transform(tmp_path / "s.mat", transform_kind="rigid").GetName() == "AffineTransform"
     assert ae.result_transform(path, transform_kind="affine").GetName() == "AffineTransform"
-
-
-def test_zero_based_shifts_intensities_only():
-    image = sitk.GetImageFromArray(np.array([[[-100.0, 0.0], [40.0, 1500.0]]] * 2, dtype=np.float32))
-    image.SetSpacing((0.5, 0.7, 2.0))
-    shifted = ae.zero_based(image)
-    values = sitk.GetArrayFromImage(shifted)
-    assert values.min() == 0.0 and values.max() == 1600.0
-    assert shifted.GetSpacing() == image.GetSpacing()
-    assert sitk.GetArrayFromImage(image).min() == -100.0  # the input is untouched
 
 
 def test_ants_error_lines_are_found_in_a_log():

@@ -13,12 +13,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from OneClickRegistrationLib import synthetic
 from OneClickRegistrationLib.engines import ants_engine as ae
 from OneClickRegistrationLib.engines.base import EngineRequest, EngineSettings, RunOptions
+from OneClickRegistrationLib.engines.external_program import EngineFiles
 from OneClickRegistrationLib.errors import CancelledError, EngineError, EngineTimeoutError
 from OneClickRegistrationLib.presets import preset_for
 from OneClickRegistrationLib.process_runner import TEMP_PREFIX
@@ -59,9 +61,20 @@ def _prepared(pair: synthetic.SyntheticPair) -> tuple[sitk.Image, sitk.Image]:
 
 
 def _request(pair: synthetic.SyntheticPair, **changes) -> EngineRequest:
+    """By default the engine starts, as in the pipeline, from the centres of mass."""
     fixed, moving = _prepared(pair)
     preset = preset_for(pair.fixed_modality, pair.moving_modality)
+    changes.setdefault("initial_transform", _moments(fixed, moving))
     return EngineRequest(fixed=fixed, moving=moving, preset=preset, **changes)
+
+
+def _moments(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
+    # Intensities shifted to start at 0 (windowed CT air is -100 HU): mass must be non-negative.
+    def mass(image: sitk.Image) -> sitk.Image:
+        return sitk.ShiftScale(image, -float(np.min(sitk.GetArrayViewFromImage(image))), 1.0)
+
+    return sitk.CenteredTransformInitializer(mass(fixed), mass(moving), sitk.Euler3DTransform(),
+                                             sitk.CenteredTransformInitializerFilter.MOMENTS)
 
 
 def _tre(transform: sitk.Transform, pair: synthetic.SyntheticPair) -> float:
@@ -107,9 +120,8 @@ def test_affine_run_is_a_rigid_then_an_affine_stage(t1_t2_pair):
     assert any("rigid stage 1/2" in m for m in messages) and any("affine stage 2/2" in m for m in messages)
 
 
-def test_ct_without_initial_transform_uses_ants_own_centre_of_mass(t1_ct_pair):
-    # Windowed CT air is -100 HU: the adapter shifts intensities so ANTs' intensity-weighted centre
-    # of mass is the head's (without the shift this run starts 245 mm off and fails).
+def test_ct_with_negative_background_from_the_centres_of_mass(t1_ct_pair):
+    # Windowed CT air is -100 HU; ANTs registers it as it is (no intensity shift needed any more).
     out = ae.AntsEngine().run(_request(t1_ct_pair), RunOptions())
     assert _tre(out.transform, t1_ct_pair) < 1.0
 
@@ -163,12 +175,16 @@ def test_timeout_stops_the_run(t1_t2_pair, private_tempdir):
     assert list(private_tempdir.iterdir()) == []
 
 
-def test_a_failing_run_raises_with_ants_own_message(t1_t2_pair, private_tempdir):
-    def bad_metric(args: list[str]) -> list[str]:
-        return [a.replace("MI[", "NoSuchMetric[") for a in args]
+class _BadMetricAnts(ae.AntsEngine):
+    """ANTs asked for a metric it does not know, to check that its own message reaches the user."""
 
+    def arguments(self, request: EngineRequest, files: EngineFiles) -> list[str]:
+        return [a.replace("MI[", "NoSuchMetric[") for a in super().arguments(request, files)]
+
+
+def test_a_failing_run_raises_with_ants_own_message(t1_t2_pair, private_tempdir):
     with pytest.raises(EngineError, match="Unrecognized metric") as caught:
-        ae.AntsEngine(edit_arguments=bad_metric).run(_request(t1_t2_pair), RunOptions())
+        _BadMetricAnts().run(_request(t1_t2_pair), RunOptions())
     assert "exited with code" in str(caught.value)
     assert list(private_tempdir.iterdir()) == []
 

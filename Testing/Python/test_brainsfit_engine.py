@@ -8,7 +8,6 @@ executable runner is driven through the project's real process runner against a 
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ from OneClickRegistrationLib.engines.base import (
     RegistrationEngine,
     RunOptions,
 )
+from OneClickRegistrationLib.engines.external_program import EngineFiles
 from OneClickRegistrationLib.errors import (
     CancelledError,
     EngineError,
@@ -43,9 +43,10 @@ from OneClickRegistrationLib.modality import Modality
 from OneClickRegistrationLib.presets import PRESETS, preset_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-XML_PATH = REPO_ROOT.parent / "shared" / "reference" / "BRAINSFit.xml"
+# The contract: beside the clone (CI), or where $ONECLICK_BRAINSFIT_XML says.
+XML_PATH = Path(os.environ.get("ONECLICK_BRAINSFIT_XML")
+                or REPO_ROOT.parent / "shared" / "reference" / "BRAINSFit.xml")
 
-INITIALIZERS = {"useCenterOfHeadAlign", "useMomentsAlign", "useGeometryAlign"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -194,10 +195,21 @@ def _request(preset=None, *, kind="rigid", masks="none", initial=None) -> Engine
         moving=MOVING,
         preset=preset or preset_for("T1", "T2"),
         transform_kind=kind,
-        initial_transform=initial,
+        initial_transform=initial if initial is not None else sitk.Euler3DTransform(),
         fixed_mask=_mask() if masks in ("both", "fixed") else None,
         moving_mask=_mask() if masks == "both" else None,
     )
+
+
+def _files(folder: Path, request: EngineRequest) -> EngineFiles:
+    """The adapter's file names, placed in ``folder`` (the host runner passes absolute paths)."""
+    def name(stem: str, used: bool = True, suffix: str = ".nrrd") -> str | None:
+        return os.fspath(Path(folder) / f"{stem}{suffix}") if used else None
+
+    return EngineFiles(fixed=name("fixed"), moving=name("moving"),
+                       initial_transform=name("initial_transform", suffix=".txt"),
+                       fixed_mask=name("fixed_mask", request.fixed_mask is not None),
+                       moving_mask=name("moving_mask", request.moving_mask is not None))
 
 
 def _max_distance_mm(a: sitk.Transform, b: sitk.Transform) -> float:
@@ -233,7 +245,7 @@ def test_adapter_parameter_table_matches_xml(xml_specs):
 
 def _combinations():
     for masks in ("none", "both", "fixed"):
-        for initial in (None, RIGID_START):
+        for initial in (sitk.Euler3DTransform(), RIGID_START):
             yield masks, initial
 
 
@@ -243,7 +255,7 @@ def test_every_preset_parameter_set_is_valid_brainsfit(xml_specs, pair, kind, tm
     preset = PRESETS[pair]
     for masks, initial in _combinations():
         request = _request(preset, kind=kind, masks=masks, initial=initial)
-        paths = bf.BrainsFitPaths.in_folder(tmp_path / "run dir é", request)
+        paths = _files(tmp_path / "run dir é", request)
         params = bf.build_parameters(request, paths, threads=2)
         context = (pair, kind, masks, initial is not None)
 
@@ -260,13 +272,13 @@ def test_every_preset_parameter_set_is_valid_brainsfit(xml_specs, pair, kind, tm
         assert phases, context
         assert len(params["numberOfIterations"]) in (1, len(phases)), context
         assert "bsplineTransform" not in params and "outputTransform" not in params
-        assert params["linearTransform"] == os.fspath(paths.linear_transform)
+        assert params["linearTransform"] == bf.OUTPUT_TRANSFORM
         if masks == "none":
             assert params["maskProcessingMode"] == "ROIAUTO", context
             assert "fixedBinaryVolume" not in params and "movingBinaryVolume" not in params
         else:
             assert params["maskProcessingMode"] == "ROI", context
-            assert params["fixedBinaryVolume"] == os.fspath(paths.fixed_mask)
+            assert params["fixedBinaryVolume"] == paths.fixed_mask
             assert ("movingBinaryVolume" in params) == (masks == "both"), context
 
         # Multimodal brain recommendations, as properties.
@@ -278,12 +290,9 @@ def test_every_preset_parameter_set_is_valid_brainsfit(xml_specs, pair, kind, tm
         assert params["useAffine"] is (kind == "affine"), context
         assert not any(params[flag] for flag in ("useBSpline", "useSyN", "useComposite",
                                                   "useScaleVersor3D", "useScaleSkewVersor3D"))
-        if initial is None:
-            assert params["initializeTransformMode"] in INITIALIZERS, context
-            assert "initialTransform" not in params
-        else:
-            assert params["initializeTransformMode"] == "Off", context
-            assert params["initialTransform"] == os.fspath(paths.initial_transform)
+        # The pipeline always gives the start: BRAINSFit never initializes itself.
+        assert params["initializeTransformMode"] == "Off", context
+        assert params["initialTransform"] == paths.initial_transform
         assert params["backgroundFillValue"] == preset.moving_fill_value, context
         assert params["numberOfHistogramBins"] == preset.histogram_bins
         assert params["samplingPercentage"] == preset.sampling_fraction
@@ -291,29 +300,27 @@ def test_every_preset_parameter_set_is_valid_brainsfit(xml_specs, pair, kind, tm
         assert params["numberOfThreads"] == 2
 
 
-def test_cost_metric_and_initialization_follow_the_preset(xml_specs, tmp_path):
+def test_cost_metric_follows_the_preset_and_initialization_is_always_the_given_start(xml_specs, tmp_path):
     for preset in PRESETS.values():
         request = _request(preset)
-        params = bf.build_parameters(request, bf.BrainsFitPaths.in_folder(tmp_path, request))
+        params = bf.build_parameters(request, _files(tmp_path, request))
         assert params["costMetric"] == {"mi": "MMI", "ncc": "NC"}[preset.similarity], preset.name
-        assert params["initializeTransformMode"] == {
-            "moments": "useMomentsAlign", "geometry": "useGeometryAlign"}[preset.initialization]
+        assert params["initializeTransformMode"] == "Off"
         assert params["interpolationMode"] in xml_specs["interpolationMode"].elements
     # The same-modality CT pair correlates; a CT moving image fills with air in Hounsfield units.
     ct = preset_for("CT", "CT")
     request = _request(ct)
-    params = bf.build_parameters(request, bf.BrainsFitPaths.in_folder(tmp_path, request))
+    params = bf.build_parameters(request, _files(tmp_path, request))
     assert params["costMetric"] == "NC"
     assert params["backgroundFillValue"] == -1024.0
 
 
 def test_output_volume_only_when_asked(xml_specs, tmp_path):
     request = _request()
-    without = bf.build_parameters(request, bf.BrainsFitPaths.in_folder(tmp_path, request))
+    without = bf.build_parameters(request, _files(tmp_path, request))
     assert "outputVolume" not in without and "outputVolumePixelType" not in without
-    paths = bf.BrainsFitPaths.in_folder(tmp_path, request, output_volume=True)
-    with_volume = bf.build_parameters(request, paths)
-    assert with_volume["outputVolume"] == os.fspath(paths.output_volume)
+    with_volume = bf.build_parameters(request, _files(tmp_path, request), output_volume="output_volume.nrrd")
+    assert with_volume["outputVolume"] == "output_volume.nrrd"
     check_value("outputVolumePixelType", xml_specs["outputVolumePixelType"],
                 with_volume["outputVolumePixelType"])
 
@@ -321,13 +328,13 @@ def test_output_volume_only_when_asked(xml_specs, tmp_path):
 def test_non_rigid_initial_transform(tmp_path):
     # Affine registration from an affine start: only the affine phase, so the start is kept whole.
     request = _request(kind="affine", initial=_affine_start())
-    params = bf.build_parameters(request, bf.BrainsFitPaths.in_folder(tmp_path, request))
+    params = bf.build_parameters(request, _files(tmp_path, request))
     assert params["useAffine"] is True and params["useRigid"] is False
     assert params["numberOfIterations"] == (sum(request.preset.iterations),)
     # A rigid registration cannot keep an affine start in BRAINSFit: refused, not silently cut down.
     request = _request(kind="rigid", initial=_affine_start())
     with pytest.raises(InputError, match="rigid part"):
-        bf.build_parameters(request, bf.BrainsFitPaths.in_folder(tmp_path, request))
+        bf.build_parameters(request, _files(tmp_path, request))
 
 
 def test_non_linear_initial_transform_is_refused(tmp_path):
@@ -337,7 +344,7 @@ def test_non_linear_initial_transform_is_refused(tmp_path):
     warp = sitk.DisplacementFieldTransform(sitk.Cast(field_image, sitk.sitkVectorFloat64))
     request = _request(initial=warp)
     with pytest.raises(InputError, match="must be linear"):
-        bf.build_parameters(request, bf.BrainsFitPaths.in_folder(tmp_path, request))
+        bf.build_parameters(request, _files(tmp_path, request))
 
 
 def test_command_line_rejects_unknown_names_and_formats_values():
@@ -352,15 +359,16 @@ def test_command_line_rejects_unknown_names_and_formats_values():
 
 def test_host_plan_sorts_files_nodes_and_values(tmp_path):
     request = _request(kind="affine", masks="both", initial=RIGID_START)
-    paths = bf.BrainsFitPaths.in_folder(tmp_path, request, output_volume=True)
-    params = bf.build_parameters(request, paths)
+    paths = _files(tmp_path, request)
+    output_transform, output_volume = str(tmp_path / "linear.txt"), str(tmp_path / "out.nrrd")
+    params = bf.build_parameters(request, paths, linear_transform=output_transform, output_volume=output_volume)
     plan = bf.plan_host_call(params)
     assert plan.input_volumes == {"fixedVolume": str(paths.fixed), "movingVolume": str(paths.moving)}
     assert plan.input_labelmaps == {"fixedBinaryVolume": str(paths.fixed_mask),
                                     "movingBinaryVolume": str(paths.moving_mask)}
     assert plan.input_transforms == {"initialTransform": str(paths.initial_transform)}
-    assert plan.output_transforms == {"linearTransform": str(paths.linear_transform)}
-    assert plan.output_volumes == {"outputVolume": str(paths.output_volume)}
+    assert plan.output_transforms == {"linearTransform": output_transform}
+    assert plan.output_volumes == {"outputVolume": output_volume}
     iterations = sum(request.preset.iterations)
     assert plan.values["numberOfIterations"] == f"{iterations},{iterations}"
     assert plan.values["useRigid"] is True and plan.values["histogramMatch"] is False
@@ -393,7 +401,7 @@ for i, token in enumerate(args):
         flags[token[2:]] = nxt if nxt is not None and not nxt.startswith("--") else True
 record = {{"argv": sys.argv, "cwd": os.getcwd(), "exists": {{}}, "initial_text": None}}
 for name, value in flags.items():
-    if isinstance(value, str) and os.sep in value:
+    if isinstance(value, str) and value.endswith((".nrrd", ".txt")):
         record["exists"][name] = os.path.exists(value)
 if "initialTransform" in flags:
     with open(flags["initialTransform"], encoding="utf-8") as f:
@@ -519,8 +527,9 @@ def test_executable_runner_passes_paths_unmangled_and_returns_the_transform(bin_
     request = _request(masks="both")
     output = _engine(stand_in).run(request, RunOptions(progress=lambda f, m: progress.append((f, m))))
 
-    # The transform BRAINSFit wrote is returned unchanged (same mapping), as a rigid transform.
-    assert output.transform.GetName() == "VersorRigid3DTransform"
+    # The transform BRAINSFit wrote is returned unchanged (same mapping), as a rigid transform (one
+    # Euler3DTransform, as every engine returns).
+    assert output.transform.GetName() == "Euler3DTransform"
     assert _max_distance_mm(output.transform, TRUE_RIGID) < 1e-9
     assert output.engine_metric_value is None and output.kept_temp_dir is None
 
@@ -529,21 +538,26 @@ def test_executable_runner_passes_paths_unmangled_and_returns_the_transform(bin_
     assert argv[0] == str(stand_in.executable)
     workdir = Path(recorded["cwd"])
     assert workdir.parent == odd_tempdir  # ran inside its own temporary folder
-    parameters = bf.build_parameters(request, bf.BrainsFitPaths.in_folder(workdir, request))
-    expected = bf.build_command_line(stand_in.executable, parameters)
-    assert argv == expected  # spaces and non-ASCII letters reached the program as they were
-    assert "temp dir é ü 中" in argv[argv.index("--fixedVolume") + 1]
+    files = EngineFiles(fixed="fixed.nrrd", moving="moving.nrrd", initial_transform="initial_transform.txt",
+                        fixed_mask="fixed_mask.nrrd", moving_mask="moving_mask.nrrd")
+    expected = bf.build_command_line(stand_in.executable, bf.build_parameters(request, files))
+    # Spaces and non-ASCII letters in the program's path reached it as they were; files are named
+    # relative to the work folder it runs in, so the temporary folder's path never appears.
+    assert argv == expected
+    assert "temp dir é ü 中" in recorded["cwd"] and "bin dir ü" in argv[0]
     assert recorded["exists"] == {"fixedVolume": True, "movingVolume": True, "fixedBinaryVolume": True,
-                                  "movingBinaryVolume": True, "linearTransform": False}
+                                  "movingBinaryVolume": True, "initialTransform": True,
+                                  "linearTransform": False}
     assert not workdir.exists(), "the temporary folder must be removed after the run"
 
     # The log holds the command and the program's output; progress is monotonic, parsed, complete.
     assert output.log[0].startswith("$ ") and "Starting Transform Estimations" in "\n".join(output.log)
     fractions = [f for f, _ in progress]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
-    # One progress step per iteration line the program printed, each further along than the last.
+    # A progress step per iteration line that moved the bar by half a percent or more (the first,
+    # iteration 0, does not), each further along than the last.
     per_iteration = [f for f, m in progress if "iteration" in m]
-    assert len(per_iteration) == 6 and all(a < b for a, b in itertools.pairwise(per_iteration))
+    assert len(per_iteration) == 5 and all(a < b for a, b in zip(per_iteration, per_iteration[1:]))
     assert per_iteration[0] > 0.05 and per_iteration[-1] < 0.95
 
 

@@ -1,4 +1,4 @@
-"""Elastix adapter without a registration run: parameter text, transform conversion, log parsing,
+"""Elastix adapter without a registration run: parameter map, transform conversion, log parsing,
 executable lookup. The conversion tests check our reading of elastix's transform files against
 elastix's own ``transformix`` mapping the same points."""
 
@@ -25,14 +25,17 @@ from OneClickRegistrationLib.engines.elastix_engine import (
     ElastixEngine,
     ProgressParser,
     elastix_messages,
-    initial_transform_text,
-    parameter_text,
-    parse_parameters,
+    parameter_map,
     pyramid_schedule,
-    resolve_initial,
     spatial_samples,
+)
+from OneClickRegistrationLib.engines.elastix_parameters import (
+    format_parameters,
+    initial_transform_text,
+    parse_parameters,
     transform_from_parameter_file,
     transform_matrix_from_parameter_file,
+    write_parameter_file,
 )
 from OneClickRegistrationLib.errors import EngineError, EngineUnavailableError, InputError
 from OneClickRegistrationLib.presets import preset_for
@@ -48,21 +51,22 @@ def _image(size=(40, 48, 44), spacing=(2.5, 2.5, 2.5), origin=(-50.0, -60.0, -55
 
 def _request(fixed_modality="T1", moving_modality="T2", **kwargs) -> EngineRequest:
     base = dict(fixed=_image(), moving=_image(spacing=(2.25, 2.25, 7.5)),
-                preset=preset_for(fixed_modality, moving_modality))
+                preset=preset_for(fixed_modality, moving_modality), initial_transform=sitk.Euler3DTransform())
     base.update(kwargs)
     return EngineRequest(**base)
 
 
 def _params(request: EngineRequest) -> dict:
-    return parse_parameters(parameter_text(request))
+    """The parameter map as elastix reads it back from the file (numbers as floats)."""
+    return parse_parameters(format_parameters(parameter_map(request)))
 
 
-# --- parameter text --------------------------------------------------------------------------------
+# --- parameter map --------------------------------------------------------------------------------
 
 
 def test_rigid_mi_parameter_text():
     request = _request("T1", "T2")
-    text = parameter_text(request)
+    text = format_parameters(parameter_map(request), header="header")
     p = parse_parameters(text)
     assert p["Transform"] == ("EulerTransform",)
     assert p["Metric"] == ("AdvancedMattesMutualInformation",)
@@ -125,38 +129,19 @@ def test_mask_on_a_finer_grid_counts_fixed_voxels():
     assert _params(_request(fixed=fixed, preset=preset))["NumberOfSpatialSamples"][0] == 5280.0
 
 
-def test_initialization_entries():
-    geometry = replace(preset_for("T1", "T2"), initialization="geometry")
-    p = _params(_request(preset=geometry))
-    assert p["AutomaticTransformInitialization"] == ("true",)
-    assert p["AutomaticTransformInitializationMethod"] == ("GeometricalCenter",)
-    with_initial = _params(_request(preset=geometry, initial_transform=sitk.Euler3DTransform()))
-    assert with_initial["AutomaticTransformInitialization"] == ("false",)
-    assert "AutomaticTransformInitializationMethod" not in with_initial
+def test_elastix_never_initializes_itself():
+    # The pipeline always passes a start (the -t0 file); a second initialization would undo it.
+    for initialization in ("geometry", "moments"):
+        preset = replace(preset_for("T1", "T2"), initialization=initialization)
+        p = _params(_request(preset=preset))
+        assert p["AutomaticTransformInitialization"] == ("false",)
+        assert "AutomaticTransformInitializationMethod" not in p
 
 
-def test_moments_initialization_becomes_an_explicit_initial_transform():
-    # Two blobs 12 mm apart along x: the centre-of-mass start must carry that shift, also when the
-    # background is negative (windowed CT), which elastix's own CenterOfGravity cannot handle.
-    def blob(center_x: float, background: float) -> sitk.Image:
-        image = _image()
-        index = image.TransformPhysicalPointToIndex((center_x, 0.0, 0.0))
-        array = np.full(sitk.GetArrayViewFromImage(image).shape, background, np.float32)
-        array[index[2] - 3:index[2] + 4, index[1] - 3:index[1] + 4, index[0] - 3:index[0] + 4] = 500.0
-        out = sitk.GetImageFromArray(array)
-        out.CopyInformation(image)
-        return out
-
-    preset = preset_for("T1", "CT")
-    assert preset.initialization == "moments"
-    request = EngineRequest(fixed=blob(0.0, 0.0), moving=blob(12.5, -100.0), preset=preset)
-    resolved = resolve_initial(request)
-    assert resolved.initial_transform is not None
-    moved = resolved.initial_transform.TransformPoint((0.0, 0.0, 0.0))
-    assert np.allclose(moved, (12.5, 0.0, 0.0), atol=0.5)
-    geometry = EngineRequest(fixed=request.fixed, moving=request.moving,
-                             preset=replace(preset, initialization="geometry"))
-    assert resolve_initial(geometry).initial_transform is None
+def test_a_request_without_initial_transform_is_refused():
+    with pytest.raises(InputError, match="initial transform"):
+        EngineRequest(fixed=_image(), moving=_image(), preset=preset_for("T1", "T2"),
+                      initial_transform=None)
 
 
 def test_pyramid_follows_physical_spacing_per_axis():
@@ -205,17 +190,20 @@ def test_spatial_samples_follow_fraction_within_limits():
     assert _params(_request())["NumberOfSpatialSamples"] == (float(MIN_SPATIAL_SAMPLES), finer, finer)
 
 
-def test_overrides_replace_entries():
-    text = parameter_text(_request(), overrides={"Metric": '"NoSuchMetric"', "Extra": "3"})
+def test_a_parameter_map_is_adapted_with_update_and_written_once_per_name(tmp_path):
+    parameters = parameter_map(_request())
+    parameters.update({"Metric": ("NoSuchMetric",), "Extra": (3,)})
+    file = write_parameter_file(parameters, tmp_path / "p.txt", header="a test")
+    text = file.read_text()
     p = parse_parameters(text)
     assert p["Metric"] == ("NoSuchMetric",) and p["Extra"] == (3.0,)
-    assert text.count("(Metric ") == 1
+    assert text.count("(Metric ") == 1 and text.startswith("// a test\n")
 
 
 def test_preset_with_inconsistent_levels_is_refused():
     preset = replace(preset_for("T1", "T2"), iterations=(10, 10))
     with pytest.raises(InputError, match="one smoothing sigma and one iteration count per pyramid level"):
-        parameter_text(_request(preset=preset))
+        parameter_map(_request(preset=preset))
 
 
 def test_parse_parameters_reads_elastix_syntax():
@@ -351,7 +339,7 @@ def test_initial_transform_must_be_linear():
 
 
 def test_progress_parser_weights_levels_by_iterations():
-    parser = ProgressParser((200, 100, 100), start=0.0, end=1.0)
+    parser = ProgressParser((200, 100, 100))
     assert parser.feed("0\t-0.5\t0.0\t1.0\t0.1\t1.0") is None  # before any "Resolution:" line
     assert parser.feed("Resolution: 0")[0] == 0.0
     fraction, message = parser.feed("99\t-0.9\t0.0\t1.0\t0.1\t1.0")

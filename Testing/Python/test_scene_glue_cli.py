@@ -80,7 +80,8 @@ def run_engine(scene, stand_in, tmp_path: Path, *, cancel=None):
     settings = EngineSettings(host_runner=lambda params: glue.runCliWithTemporaryNodes(
         scene, brainsfit_engine.plan_host_call(params), stand_in))
     engine = brainsfit_engine.create_engine(settings)
-    request = EngineRequest(fixed=fixed, moving=moving, preset=preset_for("T1", "T2"))
+    request = EngineRequest(fixed=fixed, moving=moving, preset=preset_for("T1", "T2"),
+                            initial_transform=sitk.Euler3DTransform())
     return fixed, engine.run(request, RunOptions(cancel=cancel))
 
 
@@ -191,7 +192,8 @@ def test_worker_thread_runner_does_all_mrml_work_on_the_main_thread(tmp_path):
     settings = EngineSettings(host_runner=lambda params: glue.runCliThroughMainThread(
         scene, brainsfit_engine.plan_host_call(params), start_cli, calls, pollSeconds=0.01))
     engine = brainsfit_engine.create_engine(settings)
-    request = EngineRequest(fixed=blob_image(), moving=blob_image(), preset=preset_for("T1", "T2"))
+    request = EngineRequest(fixed=blob_image(), moving=blob_image(), preset=preset_for("T1", "T2"),
+                            initial_transform=sitk.Euler3DTransform())
     job = glue.BackgroundJob(lambda progress, cancel: engine.run(request, RunOptions(progress=progress)))
     job.start()
     while not job.finished:

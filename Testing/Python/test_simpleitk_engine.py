@@ -1,4 +1,4 @@
-"""The embedded SimpleITK engine: its plan (pure), its pyramid geometry, and real registrations.
+"""The embedded SimpleITK engine: its plan (pure), its pyramid geometry, its masks, and real registrations.
 
 The accuracy tests use the same pairs and the same 1 mm bound as the elastix engine's tests
 (``test_elastix_engine_runs.py``), plus bounds set from this engine's measured errors on them.
@@ -17,7 +17,7 @@ from OneClickRegistrationLib import synthetic
 from OneClickRegistrationLib.cli_demo import DEMO_ROTATION_DEG, DEMO_TRANSLATION_MM
 from OneClickRegistrationLib.engines.base import EngineRequest, RunOptions
 from OneClickRegistrationLib.engines.simpleitk_engine import SimpleITKEngine, level_image, plan_levels
-from OneClickRegistrationLib.errors import CancelledError
+from OneClickRegistrationLib.errors import CancelledError, EngineError, InputError
 from OneClickRegistrationLib.pipeline import register
 from OneClickRegistrationLib.presets import preset_for
 
@@ -36,7 +36,7 @@ def _image(size: tuple[int, int, int], spacing: tuple[float, float, float]) -> s
 def test_levels_refine_with_shrinking_steps_and_keep_the_presets_iteration_budget() -> None:
     for spacing in (1.0, 2.5, 6.0):
         image = _image((40, 40, 40), (spacing,) * 3)
-        levels = plan_levels(EngineRequest(image, image, preset_for("T1", "T2")))
+        levels = plan_levels(EngineRequest(image, image, preset_for("T1", "T2"), sitk.Euler3DTransform()))
         starts = [level.max_step_mm for level in levels]
         assert all(later <= earlier / 2 for earlier, later in zip(starts, starts[1:])), starts
         for level in levels:
@@ -50,7 +50,7 @@ def test_levels_refine_with_shrinking_steps_and_keep_the_presets_iteration_budge
 def test_levels_shrink_each_axis_to_the_levels_voxel_size() -> None:
     ct = _image((300, 300, 36), (0.8, 0.8, 5.0))
     t1 = _image((200, 240, 220), (1.0, 1.0, 1.0))
-    levels = plan_levels(EngineRequest(ct, t1, preset_for("CT", "T1")))
+    levels = plan_levels(EngineRequest(ct, t1, preset_for("CT", "T1"), sitk.Euler3DTransform()))
     # 5 mm CT slices are never thinned further at the 4 mm level (an isotropic shrink of 5 would
     # leave 7 slices 25 mm apart).
     assert [level.fixed_factors for level in levels] == [(5, 5, 1), (2, 2, 1), (1, 1, 1)]
@@ -97,7 +97,8 @@ def ct_pair() -> synthetic.SyntheticPair:
 
 
 def _request(pair: synthetic.SyntheticPair, **kwargs) -> EngineRequest:
-    """What the pipeline hands an engine: float32 images, CT windowed as the preset says."""
+    """What the pipeline hands an engine: float32 images, CT windowed as the preset says, a start
+    (by default the images' geometric centres matched)."""
     preset = kwargs.pop("preset", preset_for(pair.fixed_modality, pair.moving_modality))
     fixed = sitk.Cast(pair.fixed, sitk.sitkFloat32)
     moving = sitk.Cast(pair.moving, sitk.sitkFloat32)
@@ -105,6 +106,9 @@ def _request(pair: synthetic.SyntheticPair, **kwargs) -> EngineRequest:
         fixed = sitk.Clamp(fixed, sitk.sitkFloat32, *preset.fixed_ct_window)
     if preset.moving_ct_window is not None:
         moving = sitk.Clamp(moving, sitk.sitkFloat32, *preset.moving_ct_window)
+    if "initial_transform" not in kwargs:
+        kwargs["initial_transform"] = sitk.CenteredTransformInitializer(
+            fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY)
     return EngineRequest(fixed=fixed, moving=moving, preset=preset, **kwargs)
 
 
@@ -118,6 +122,7 @@ def test_recovers_rigid_t2_to_t1_and_reports_progress(t2_pair):
     output = SimpleITKEngine().run(_request(t2_pair), RunOptions(progress=lambda f, m: progress.append((f, m))))
     assert isinstance(output.transform, sitk.Euler3DTransform)
     assert _tre(sitk.Euler3DTransform(), t2_pair) > 10.0
+    assert _tre(_request(t2_pair).initial_transform, t2_pair) > 5.0
     assert _tre(output.transform, t2_pair) < 0.25  # measured 0.08 mm (elastix's test: < 1 mm)
     fractions = [f for f, _ in progress]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
@@ -126,10 +131,7 @@ def test_recovers_rigid_t2_to_t1_and_reports_progress(t2_pair):
 
 @pytest.mark.engine
 def test_recovers_rigid_ct_to_t1_from_a_centered_initializer(ct_pair):
-    request = _request(ct_pair)
-    initial = sitk.CenteredTransformInitializer(request.fixed, request.moving, sitk.Euler3DTransform(),
-                                                sitk.CenteredTransformInitializerFilter.GEOMETRY)
-    output = SimpleITKEngine().run(replace(request, initial_transform=initial), RunOptions(threads=1))
+    output = SimpleITKEngine().run(_request(ct_pair), RunOptions(threads=1))
     assert _tre(output.transform, ct_pair) < 0.6  # measured 0.24 mm
 
 
@@ -186,3 +188,39 @@ def test_the_demo_pair_is_good_on_the_first_try_without_elastix_or_ants(monkeypa
     assert result.verdict.label == "good"
     assert len(result.attempts) == 1
     assert _tre(result.transform, pair) < 0.4  # measured 0.12 mm
+
+
+# --- masks ---------------------------------------------------------------------------------------------
+
+def _head_mask(image: sitk.Image) -> sitk.Image:
+    # The head with a margin of 3 voxels (7.5 mm): a region of interest that keeps the head's edge.
+    return sitk.BinaryDilate(sitk.BinaryThreshold(image, 100.0, 1e9, 1, 0), [3, 3, 3])
+
+
+@pytest.mark.engine
+def test_head_masks_give_an_accurate_rigid_result(t2_pair):
+    request = _request(t2_pair)
+    fixed_mask, moving_mask = _head_mask(request.fixed), _head_mask(request.moving)
+    assert _tre(request.initial_transform, t2_pair) > 5.0
+    output = SimpleITKEngine().run(replace(request, fixed_mask=fixed_mask, moving_mask=moving_mask), RunOptions())
+    assert _tre(output.transform, t2_pair) < 1.0
+
+
+@pytest.mark.engine
+def test_the_fixed_mask_reaches_the_metric(t2_pair):
+    # A mask of one corner of air, which the start maps outside the moving image: the metric has no
+    # sample left and ITK says so.
+    request = _request(t2_pair)
+    corner = sitk.Image(request.fixed.GetSize(), sitk.sitkUInt8)
+    corner.CopyInformation(request.fixed)
+    corner[0:6, 0:6, 0:6] = 1
+    with pytest.raises(EngineError, match="samples"):
+        SimpleITKEngine().run(replace(request, fixed_mask=corner), RunOptions())
+
+
+def test_an_empty_mask_is_refused(t2_pair):
+    request = _request(t2_pair)
+    empty = sitk.Image(request.fixed.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(request.fixed)
+    with pytest.raises(InputError, match="fixed mask is empty"):
+        SimpleITKEngine().run(replace(request, fixed_mask=empty), RunOptions())

@@ -8,8 +8,8 @@ Two runners, chosen automatically, run the very same argument list:
   run in a child Python process (:mod:`.ants_child`) so it streams its log, can be cancelled and
   timed out (the whole process tree is killed), cannot freeze a GUI and cannot crash the host.
 
-Both go through :func:`~OneClickRegistrationLib.process_runner.run_process`. Every file (inputs,
-arguments, ANTs' output transform) lives in the engine's temporary folder, removed afterwards.
+Both run through the shared :class:`~.external_program.ExternalProgramEngine` skeleton. Every file
+(inputs, arguments, ANTs' output transform) lives in the engine's temporary folder, removed afterwards.
 
 ANTs writes ``<prefix>0GenericAffine.mat``: with ``--collapse-output-transforms 1`` it is the whole
 linear chain, initial moving transform included, in the ITK resampling convention (fixed point ->
@@ -22,7 +22,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from importlib.util import find_spec
@@ -31,21 +31,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import EngineError, EngineTimeoutError, EngineUnavailableError, InputError
-from ..images import check_volume, to_float32, write_image, write_text, write_transform
+from ..errors import EngineError, EngineUnavailableError, InputError
+from ..images import write_text, write_transform
 from ..presets import Preset, level_shrink_factors
-from ..process_runner import engine_workdir, find_executable, log_tail, run_process
-from ..transforms import as_affine, as_euler, nearest_rotation, to_matrix
-from .base import (
-    Availability,
-    EngineOutput,
-    EngineRequest,
-    EngineSettings,
-    RegistrationEngine,
-    RunOptions,
-    check_cancel,
-    report,
-)
+from ..process_runner import find_executable, log_tail
+from ..transforms import as_affine, as_rigid_or_affine
+from .base import Availability, EngineRequest, EngineSettings, RegistrationEngine, RunOptions
+from .external_program import EngineFiles, ExternalProgramEngine, ProgramCommand
 
 ENGINE_NAME = "ants"
 PROGRAM = "antsRegistration"
@@ -54,9 +46,6 @@ OUTPUT_PREFIX = "ants_"
 RESULT_SUFFIX = "0GenericAffine.mat"
 CHILD_SCRIPT = Path(__file__).with_name("ants_child.py")
 
-# ANTs' --initial-moving-transform [fixed,moving,feature]: 0 = geometric centre of the images,
-# 1 = centre of mass of the intensities, 2 = image origins (antsRegistration --help).
-INITIALIZATION_FEATURE = {"geometry": 0, "moments": 1}
 # The linear-stage gradient step of SlicerANTs' presets and antsRegistrationSyN[Quick].sh.
 GRADIENT_STEP = 0.1
 # Convergence: stop a level when the slope of the metric over its last 10 iterations is below
@@ -74,22 +63,8 @@ FINE_SAMPLE_BUDGET = 200_000
 COARSE_SAMPLE_FLOOR = 8_000
 # A fixed seed makes ANTs' regular-grid sampling jitter reproducible: same inputs, same result.
 RANDOM_SEED = 20261121
+# ANTs computes in float (--float 1), so its result's rotation is orthonormal to about 1e-5 only.
 _ORTHONORMAL_TOLERANCE = 1e-4
-
-ArgumentEditor = Callable[[list[str]], list[str]]
-
-
-@dataclass(frozen=True)
-class AntsFiles:
-    """The files an antsRegistration call reads and the prefix it writes to."""
-
-    fixed: str
-    moving: str
-    output_prefix: str
-    initial_transform: str | None = None
-    fixed_mask: str | None = None
-    moving_mask: str | None = None
-
 
 @dataclass(frozen=True)
 class AntsLevel:
@@ -118,7 +93,7 @@ def sampling_percentage(preset: Preset, fixed_size: Sequence[int], levels: Seque
     return float(min(1.0, chosen))
 
 
-def _metric(preset: Preset, files: AntsFiles, sampling_fraction: float) -> str:
+def _metric(preset: Preset, files: EngineFiles, sampling_fraction: float) -> str:
     sampling = _num(sampling_fraction)
     if preset.similarity == "mi":
         return f"MI[{files.fixed},{files.moving},1,{preset.histogram_bins},Regular,{sampling}]"
@@ -162,25 +137,19 @@ def stage_transforms(transform_kind: str) -> tuple[str, ...]:
     return stages[transform_kind]
 
 
-def build_arguments(preset: Preset, files: AntsFiles, *, transform_kind: str,
+def build_arguments(preset: Preset, files: EngineFiles, *, transform_kind: str,
                     levels: Sequence[AntsLevel], sampling_fraction: float | None = None,
-                    random_seed: int = RANDOM_SEED) -> list[str]:
+                    output_prefix: str = OUTPUT_PREFIX, random_seed: int = RANDOM_SEED) -> list[str]:
     """The antsRegistration argument list (pure: no file is read or written).
 
-    ``sampling_fraction`` defaults to the preset's (see :func:`sampling_percentage`).
+    ``sampling_fraction`` defaults to the preset's (see :func:`sampling_percentage`). ANTs starts
+    from ``files.initial_transform`` and writes ``<output_prefix>0GenericAffine.mat``.
     """
     sampling = preset.sampling_fraction if sampling_fraction is None else sampling_fraction
     if not 0.0 < sampling <= 1.0:
         raise InputError(f"The sampling fraction must be in (0, 1]; received {sampling!r}.")
     if not levels:
         raise InputError(f"Preset {preset.name!r} has no pyramid level.")
-    if files.initial_transform is not None:
-        initial = files.initial_transform
-    else:
-        if preset.initialization not in INITIALIZATION_FEATURE:
-            raise InputError(f"Unknown initialization {preset.initialization!r}; expected one of "
-                             f"{', '.join(INITIALIZATION_FEATURE)}.")
-        initial = f"[{files.fixed},{files.moving},{INITIALIZATION_FEATURE[preset.initialization]}]"
     low, high = preset.winsorize
     args = [
         "--dimensionality", "3",
@@ -189,13 +158,13 @@ def build_arguments(preset: Preset, files: AntsFiles, *, transform_kind: str,
         "--random-seed", str(int(random_seed)),
         "--collapse-output-transforms", "1",
         "--write-composite-transform", "0",
-        "--output", files.output_prefix,
+        "--output", output_prefix,
         "--interpolation", "Linear" if preset.interpolation == "linear" else "BSpline[3]",
         # Across modalities histogram matching is wrong, and a same-modality pair optimizes GC,
         # which is invariant to linear intensity changes anyway.
         "--use-histogram-matching", "0",
         "--winsorize-image-intensities", f"[{_num(low)},{_num(high)}]",
-        "--initial-moving-transform", initial,
+        "--initial-moving-transform", files.initial_transform,
     ]
     iterations = "x".join(str(lv.iterations) for lv in levels)
     convergence = f"[{iterations},{CONVERGENCE_THRESHOLD},{CONVERGENCE_WINDOW}]"
@@ -242,6 +211,10 @@ class ProgressParser:
         self.level = -1
         self.iteration = 0
         self.metric_value: float | None = None
+
+    @property
+    def phase(self) -> tuple[int, int]:
+        return self.stage, self.level
 
     def feed(self, line: str) -> tuple[float, str] | None:
         """Update from one log line; returns (fraction, message) when the progress moved."""
@@ -292,32 +265,11 @@ def result_transform(path: str | os.PathLike[str], *, transform_kind: str) -> si
     """
     try:
         transform = sitk.ReadTransform(os.fspath(path))
-        matrix = to_matrix(transform)
+        return as_rigid_or_affine(transform, rigid=transform_kind == "rigid", atol=_ORTHONORMAL_TOLERANCE)
     except (RuntimeError, InputError) as exc:  # a truncated or foreign file: ANTs' fault, not the user's
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise EngineError(f"ANTs wrote a transform file that cannot be read as a linear ITK transform "
-                          f"({os.fspath(path)!r}): {reason}") from None
-    if not np.all(np.isfinite(matrix)):
-        raise EngineError(f"ANTs wrote a transform with non-finite values: {os.fspath(path)!r}.")
-    linear = matrix[:3, :3]
-    is_rotation = np.allclose(linear, nearest_rotation(linear), atol=_ORTHONORMAL_TOLERANCE)
-    if transform_kind == "rigid" and is_rotation:
-        return as_euler(transform)
-    return as_affine(transform)
-
-
-def zero_based(image: sitk.Image) -> sitk.Image:
-    """A float32 copy whose darkest voxel is 0.
-
-    ANTs' centre-of-mass initialization weights voxels by intensity, so a windowed CT whose air sits
-    at -100 HU pulls the "centre" away from the head (measured: 245 mm off, then a failed run).
-    Shifting intensities changes neither MI nor GC nor the winsorizing quantiles.
-    """
-    image = to_float32(image)
-    stats = sitk.MinimumMaximumImageFilter()
-    stats.Execute(image)
-    low = stats.GetMinimum()
-    return image if low == 0.0 else sitk.ShiftScale(image, -low, 1.0)
+        raise EngineError(f"ANTs wrote a transform file that cannot be read as a linear ITK transform with "
+                          f"finite values ({os.fspath(path)!r}): {reason}") from None
 
 
 def _share_inside(mask: sitk.Image | None) -> float:
@@ -325,14 +277,6 @@ def _share_inside(mask: sitk.Image | None) -> float:
         return 1.0
     values = sitk.GetArrayViewFromImage(mask)
     return float(np.count_nonzero(values)) / max(1, values.size)
-
-
-def _mask_for_ants(mask: sitk.Image, role: str) -> sitk.Image:
-    check_volume(mask, role=role)
-    binary = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8)
-    if not np.any(sitk.GetArrayViewFromImage(binary)):
-        raise InputError(f"The {role} is empty (no non-zero voxel); a mask must select the region to align.")
-    return binary
 
 
 def _antspyx_version() -> str | None:
@@ -361,17 +305,14 @@ class Runner:
         return [sys.executable, "-u", os.fspath(CHILD_SCRIPT), os.fspath(arguments_file)]
 
 
-class AntsEngine:
+class AntsEngine(ExternalProgramEngine[Runner]):
     """Adapter for ANTs' antsRegistration (executable or antspyx library)."""
 
     name = ENGINE_NAME
+    label = "ANTs"
 
-    def __init__(self, settings: EngineSettings | None = None, *,
-                 edit_arguments: ArgumentEditor | None = None) -> None:
+    def __init__(self, settings: EngineSettings | None = None) -> None:
         self.settings = settings if settings is not None else EngineSettings()
-        # For tests and diagnostics only: rewrites the argument list just before the run (e.g. an
-        # invalid metric, to check that ANTs' own error message reaches the user).
-        self._edit_arguments = edit_arguments
 
     def runner(self) -> Runner:
         """The runner that would be used now; raises :class:`EngineUnavailableError` if none."""
@@ -395,103 +336,71 @@ class AntsEngine:
         except EngineUnavailableError as exc:
             return Availability(False, str(exc))
 
-    def run(self, request: EngineRequest, options: RunOptions) -> EngineOutput:
-        stages = stage_transforms(request.transform_kind)
-        fixed = check_volume(request.fixed, role="fixed image")
-        moving = check_volume(request.moving, role="moving image")
-        levels = ants_levels(request.preset, fixed.GetSpacing())
-        runner = self.runner()
-        check_cancel(options, self.name)
-        report(options, 0.0, f"Preparing ANTs ({runner.kind})")
-        with engine_workdir(ENGINE_NAME, keep_temp=options.keep_temp) as folder:
-            files = self._write_inputs(request, folder, fixed, moving)
-            sampling = sampling_percentage(request.preset, fixed.GetSize(), levels,
-                                           masked_share=_share_inside(request.fixed_mask))
-            arguments = build_arguments(request.preset, files, transform_kind=request.transform_kind,
-                                        levels=levels, sampling_fraction=sampling)
-            if self._edit_arguments is not None:
-                arguments = list(self._edit_arguments(list(arguments)))
-            command = runner.command(arguments, folder / "arguments.json")
-            parser = ProgressParser(stages, levels)
-            log: list[str] = []
-            last = [-1.0, -1.0]  # fraction and (stage, level) key of the last report
+    # --- skeleton hooks ------------------------------------------------------------------------
 
-            def on_line(line: str) -> None:
-                log.append(line)
-                moved = parser.feed(line)
-                if moved is None:
-                    return
-                # ANTs logs every iteration (hundreds a second on coarse levels); a progress bar
-                # needs a report per half percent or per new level only.
-                key = parser.stage * 100.0 + parser.level
-                if moved[0] - last[0] >= 0.005 or key != last[1]:
-                    last[:] = [moved[0], key]
-                    report(options, 0.02 + 0.96 * moved[0], moved[1])
+    def program(self) -> Runner:
+        return self.runner()
 
-            check_cancel(options, self.name)
-            try:
-                outcome = run_process(command, name=f"{PROGRAM} ({runner.kind})", cwd=folder,
-                                      env=self._environment(options), on_line=on_line,
-                                      cancel=options.cancel, timeout_s=options.timeout_s)
-            except EngineTimeoutError:
-                raise
-            except EngineError as exc:
-                # Put ANTs' own complaint first: its verbose log ends with pages of image headers.
-                said = [line.strip() for line in _error_tail(log) if _ANTS_ERROR.search(line)]
-                summary = str(exc).splitlines()[0]
-                if said:
-                    summary += " ANTs said: " + " | ".join(said[-3:])
-                raise EngineError(summary, log_tail=_error_tail(log)) from None
-            _raise_on_caught_exception(outcome.log, runner.kind)
-            result_file = folder / (files.output_prefix + RESULT_SUFFIX)
-            if not result_file.is_file():
-                raise EngineError(
-                    f"{PROGRAM} finished without writing its transform {result_file.name}.",
-                    log_tail=_error_tail(outcome.log),
-                )
-            transform = result_transform(result_file, transform_kind=request.transform_kind)
-            kept = os.fspath(folder) if options.keep_temp else None
-        report(options, 1.0, "ANTs registration done")
-        header = f"{runner.detail}: {PROGRAM} {' '.join(arguments)}"
-        return EngineOutput(transform=transform, log=(header, *outcome.log),
-                            engine_metric_value=parser.metric_value, kept_temp_dir=kept)
+    def validate(self, request: EngineRequest) -> None:
+        stage_transforms(request.transform_kind)
+        ants_levels(request.preset, request.fixed.GetSpacing())
 
-    @staticmethod
-    def _write_inputs(request: EngineRequest, folder: Path, fixed: sitk.Image,
-                      moving: sitk.Image) -> AntsFiles:
-        """Write the inputs into ``folder``; the names returned are relative to it.
+    def write_initial_transform(self, request: EngineRequest, work: Path) -> str:
+        # One flattened AffineTransform in ITK's .mat format, the format ANTs itself writes.
+        write_transform(as_affine(request.initial_transform), work / "initial.mat")
+        return "initial.mat"
 
-        ANTs runs in ``folder``, so its arguments never contain the folder's path: a comma, a bracket
-        or a space there would break ANTs' ``MI[fixed,moving,...]`` option syntax.
-        """
-        # Uncompressed MetaImage: fast to write and read, and keeps the LPS geometry exactly (no
-        # NIfTI qform/sform round trip).
-        write_image(zero_based(fixed), folder / "fixed.mha", compress=False)
-        write_image(zero_based(moving), folder / "moving.mha", compress=False)
-        initial = None
-        if request.initial_transform is not None:
-            # One flattened AffineTransform in ITK's .mat format, the format ANTs itself writes.
-            write_transform(as_affine(request.initial_transform), folder / "initial.mat")
-            initial = "initial.mat"
-        masks: dict[str, str | None] = {"fixed": None, "moving": None}
-        for side, mask in (("fixed", request.fixed_mask), ("moving", request.moving_mask)):
-            if mask is not None:
-                write_image(_mask_for_ants(mask, f"{side} mask"), folder / f"{side}_mask.mha", compress=False)
-                masks[side] = f"{side}_mask.mha"
-        return AntsFiles(fixed="fixed.mha", moving="moving.mha", output_prefix=OUTPUT_PREFIX,
-                         initial_transform=initial, fixed_mask=masks["fixed"], moving_mask=masks["moving"])
+    def arguments(self, request: EngineRequest, files: EngineFiles) -> list[str]:
+        """The antsRegistration arguments for this run (a subclass may adapt them)."""
+        levels = ants_levels(request.preset, request.fixed.GetSpacing())
+        sampling = sampling_percentage(request.preset, request.fixed.GetSize(), levels,
+                                       masked_share=_share_inside(request.fixed_mask))
+        return build_arguments(request.preset, files, transform_kind=request.transform_kind, levels=levels,
+                               sampling_fraction=sampling)
 
-    @staticmethod
-    def _environment(options: RunOptions) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"
-        if options.threads:
-            # ITK's thread pool reads this at start-up; both runners honour it.
-            env["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(int(options.threads))
-        return env
+    def command(self, program: Runner, request: EngineRequest, files: EngineFiles, work: Path,
+                options: RunOptions) -> ProgramCommand:
+        arguments = self.arguments(request, files)
+        return ProgramCommand(arguments=tuple(program.command(arguments, work / "arguments.json")),
+                              label=f"{PROGRAM} ({program.kind})", env=_environment(options),
+                              shown=f"{program.detail}: {PROGRAM} {' '.join(arguments)}")
+
+    def progress_parser(self, request: EngineRequest) -> ProgressParser:
+        return ProgressParser(stage_transforms(request.transform_kind),
+                              ants_levels(request.preset, request.fixed.GetSpacing()))
+
+    def explain_failure(self, error: EngineError, log: Sequence[str], work: Path) -> EngineError:
+        # Put ANTs' own complaint first: its verbose log ends with pages of image headers.
+        said = [line.strip() for line in _error_tail(log) if _ANTS_ERROR.search(line)]
+        summary = str(error).splitlines()[0]
+        if said:
+            summary += " ANTs said: " + " | ".join(said[-3:])
+        return EngineError(summary, log_tail=_error_tail(log))
+
+    def check_log(self, log: Sequence[str], command: ProgramCommand) -> None:
+        _raise_on_caught_exception(log, command.label)
+
+    def read_result(self, request: EngineRequest, work: Path, log: Sequence[str]) -> sitk.Transform:
+        result_file = work / (OUTPUT_PREFIX + RESULT_SUFFIX)
+        if not result_file.is_file():
+            raise EngineError(f"{PROGRAM} finished without writing its transform {result_file.name}.",
+                              log_tail=_error_tail(log))
+        return result_transform(result_file, transform_kind=request.transform_kind)
+
+    def metric_value(self, log: Sequence[str], parser: object) -> float | None:
+        return parser.metric_value if isinstance(parser, ProgressParser) else None
 
 
-def _raise_on_caught_exception(log: Sequence[str], kind: str) -> None:
+def _environment(options: RunOptions) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    if options.threads:
+        # ITK's thread pool reads this at start-up; both runners honour it.
+        env["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(int(options.threads))
+    return env
+
+
+def _raise_on_caught_exception(log: Sequence[str], program: str) -> None:
     """Fail on an exception ANTs caught inside a linear stage.
 
     antsRegistration's linear stages catch ITK exceptions, log "Exception caught:", and return
@@ -505,7 +414,7 @@ def _raise_on_caught_exception(log: Sequence[str], kind: str) -> None:
             described = [ln for ln in following if ln.startswith("Description:")]
             reason = (described[0].removeprefix("Description:").strip() if described
                       else " ".join(following[:3]))
-            raise EngineError(f"{PROGRAM} ({kind}) failed inside a registration stage: {reason}",
+            raise EngineError(f"{program} failed inside a registration stage: {reason}",
                               log_tail=tuple(following))
 
 

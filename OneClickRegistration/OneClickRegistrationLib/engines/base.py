@@ -35,17 +35,26 @@ class EngineRequest:
     """One registration to run.
 
     ``fixed`` and ``moving`` are float32 3D images, already intensity-prepared by the pipeline
-    (CT windowing, etc.). ``initial_transform`` (fixed->moving) is where the optimizer starts; when
-    it is None the engine initializes itself as ``preset.initialization`` says.
+    (CT windowing, etc.). ``initial_transform`` (fixed->moving, linear) is where the optimizer
+    starts: the pipeline always computes one, so engines never initialize themselves.
+    ``fixed_mask``/``moving_mask`` (optional, any grid, non-zero = inside) restrict where the
+    engine's metric samples, e.g. to a partial field of view.
     """
 
     fixed: sitk.Image
     moving: sitk.Image
     preset: Preset
+    initial_transform: sitk.Transform
     transform_kind: TransformKind = "rigid"
-    initial_transform: sitk.Transform | None = None
     fixed_mask: sitk.Image | None = None
     moving_mask: sitk.Image | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.initial_transform, sitk.Transform):
+            from ..errors import InputError
+
+            raise InputError("An engine request needs an initial transform (fixed->moving) to start from; "
+                             f"received {type(self.initial_transform).__name__}.")
 
 
 @dataclass(frozen=True)

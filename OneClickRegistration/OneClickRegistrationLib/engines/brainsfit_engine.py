@@ -5,9 +5,9 @@ Two halves, as for every engine:
 * :func:`build_parameters` turns a request and the preset into BRAINSFit's parameter set, keyed by the
   parameter *names* of BRAINSFit's CLI description (``BRAINSFit.xml``); :func:`build_command_line`
   turns that set into ``--longflag value`` arguments for the ``BRAINSFit`` executable.
-* :class:`BrainsFitEngine` runs it: inside Slicer through an injected host runner (Slicer's CLI
-  module), outside Slicer through a ``BRAINSFit`` executable and
-  :func:`~OneClickRegistrationLib.process_runner.run_process`.
+* :class:`BrainsFitEngine` runs it: through a ``BRAINSFit`` executable and the shared
+  :class:`~.external_program.ExternalProgramEngine` skeleton, or inside Slicer through an injected
+  host runner (Slicer's CLI module).
 
 Facts taken from BRAINSTools (``BRAINSFit/BRAINSFit.cxx``, ``BRAINSCommonLib/BRAINSFitHelperTemplate.hxx``,
 ``BRAINSCommonLib/GenericTransformImage.cxx``) that this module relies on:
@@ -18,7 +18,8 @@ Facts taken from BRAINSTools (``BRAINSFit/BRAINSFit.cxx``, ``BRAINSCommonLib/BRA
 * The linear phases run at a single, full-resolution level with no smoothing (the level count is
   hard-coded to 1), so BRAINSFit has no pyramid: see :func:`build_parameters` for how the preset's
   per-level fields are mapped.
-* ``initialTransform`` may only be used with ``initializeTransformMode Off``. BRAINSFit starts its
+* ``initialTransform`` may only be used with ``initializeTransformMode Off`` (the pipeline always
+  gives one, so BRAINSFit's own initializers are never used). BRAINSFit starts its
   first phase *from* that transform and collapses it into the result: the ``linearTransform`` it
   writes is the complete fixed->moving transform, initialization included. Only
   VersorRigid3D/ScaleVersor3D/ScaleSkewVersor3D/Affine initial transforms are accepted (anything else,
@@ -88,8 +89,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import EngineError, EngineUnavailableError, InputError, OneClickError
-from ..images import check_volume, read_transform, to_float32, write_image, write_transform
-from ..process_runner import engine_workdir, find_executable, log_tail, run_process
+from ..images import check_volume, read_transform, write_transform
+from ..process_runner import engine_workdir, find_executable, log_tail
+from ..transforms import as_rigid_or_affine, as_versor_rigid, is_rotation, to_matrix, with_center
 from .base import (
     Availability,
     EngineOutput,
@@ -100,6 +102,7 @@ from .base import (
     check_cancel,
     report,
 )
+from .external_program import EngineFiles, ExternalProgramEngine, ProgramCommand
 
 ENGINE_NAME = "brainsfit"
 EXECUTABLE_NAME = "BRAINSFit"
@@ -137,12 +140,6 @@ PARAMETERS: Mapping[str, tuple[str, str]] = {
 }
 
 # Preset vocabulary -> BRAINSFit vocabulary (data, not branches).
-INITIALIZE_MODE = {
-    "moments": "useMomentsAlign",
-    "geometry": "useGeometryAlign",
-    # Not used by the current preset table; accepted so a preset can ask for BRAINSFit's head finder.
-    "center_of_head": "useCenterOfHeadAlign",
-}
 COST_METRIC = {"mi": "MMI", "ncc": "NC"}
 INTERPOLATION_MODE = {"linear": "Linear", "bspline": "BSpline"}
 # Phase flags in BRAINSFit's own execution order; all are set explicitly (true or false) so a host
@@ -151,51 +148,23 @@ PHASE_FLAGS = ("useRigid", "useScaleVersor3D", "useScaleSkewVersor3D", "useAffin
                "useSyN", "useComposite")
 
 _RIGID_TOLERANCE = 1e-6  # how far from orthonormal a matrix may be and still count as a rotation
-_LINEAR_TOLERANCE_MM = 1e-4  # how far a transform may deviate from affine and still count as linear
+OUTPUT_TRANSFORM = "linear_transform.txt"  # ITK text: exact (round-trip) numbers, readable when kept
+INITIAL_TRANSFORM = "initial_transform.txt"
 
 
-@dataclass(frozen=True)
-class BrainsFitPaths:
-    """Where one run's files live. ``None`` means "not used in this run"."""
-
-    fixed: Path
-    moving: Path
-    linear_transform: Path
-    fixed_mask: Path | None = None
-    moving_mask: Path | None = None
-    initial_transform: Path | None = None
-    output_volume: Path | None = None
-
-    @classmethod
-    def in_folder(cls, folder: str | os.PathLike[str], request: EngineRequest, *,
-                  output_volume: bool = False) -> BrainsFitPaths:
-        """The standard file names in ``folder`` for ``request``."""
-        root = Path(folder)
-        return cls(
-            fixed=root / "fixed.nrrd",
-            moving=root / "moving.nrrd",
-            # ITK text: exact (round-trip) numbers and readable in a kept temporary folder.
-            linear_transform=root / "linear_transform.txt",
-            fixed_mask=root / "fixed_mask.nrrd" if request.fixed_mask is not None else None,
-            moving_mask=root / "moving_mask.nrrd" if request.moving_mask is not None else None,
-            initial_transform=(root / "initial_transform.txt"
-                               if request.initial_transform is not None else None),
-            output_volume=root / "output_volume.nrrd" if output_volume else None,
-        )
-
-
-def build_parameters(request: EngineRequest, paths: BrainsFitPaths, *,
-                     threads: int | None = None) -> dict[str, object]:
+def build_parameters(request: EngineRequest, files: EngineFiles, *, threads: int | None = None,
+                     linear_transform: str = OUTPUT_TRANSFORM,
+                     output_volume: str | None = None) -> dict[str, object]:
     """BRAINSFit's parameter set for ``request``, keyed by BRAINSFit.xml parameter names.
 
-    Pure: reads the request and preset, touches no file. Mapping of the preset:
+    Pure: reads the request and preset, touches no file; file names are those of ``files``.
+    Mapping of the preset:
 
     * ``transform``: rigid -> ``useRigid``; affine -> ``useRigid`` then ``useAffine`` (BRAINSFit's
       usual sequence), except when the initial transform is itself non-rigid: then only
       ``useAffine``, because BRAINSFit's rigid phase would throw the initial scale/shear away.
-    * ``initialization`` -> ``initializeTransformMode`` (moments -> useMomentsAlign, geometry ->
-      useGeometryAlign); with an initial transform: ``initialTransform`` and mode ``Off`` (BRAINSFit
-      allows nothing else).
+    * The initial transform -> ``initialTransform`` and ``initializeTransformMode Off`` (BRAINSFit
+      allows nothing else with an initial transform).
     * ``similarity`` -> ``costMetric`` (mi -> MMI, ncc -> NC). ``histogramMatch`` is always false: it
       is wrong across modalities, needs masks, and the NC metric is insensitive to the linear
       intensity differences it would correct within a modality.
@@ -212,38 +181,15 @@ def build_parameters(request: EngineRequest, paths: BrainsFitPaths, *,
       mask), which keeps the metric on the head rather than on air or the scanner table.
     """
     preset = request.preset
-    kind = _check_kind(request.transform_kind)
-    if not 0.0 < preset.sampling_fraction <= 1.0:
-        raise InputError(
-            f"BRAINSFit needs a sampling fraction in (0, 1]; the preset {preset.name!r} has "
-            f"{preset.sampling_fraction!r}."
-        )
-    initial_is_rigid = True
+    initial_is_rigid = check_request(request)
     params: dict[str, object] = {
-        "fixedVolume": os.fspath(paths.fixed),
-        "movingVolume": os.fspath(paths.moving),
-        "linearTransform": os.fspath(paths.linear_transform),
+        "fixedVolume": files.fixed,
+        "movingVolume": files.moving,
+        "linearTransform": linear_transform,
+        "initialTransform": files.initial_transform,
+        "initializeTransformMode": "Off",
     }
-    if request.initial_transform is not None:
-        if paths.initial_transform is None:
-            raise InputError("The request has an initial transform but no file path was given for it.")
-        initial_is_rigid = _is_rigid(_affine_of(request.initial_transform, request.fixed, role="initial")[0])
-        if kind == "rigid" and not initial_is_rigid:
-            raise InputError(
-                "BRAINSFit's rigid phase keeps only the rigid part of its starting transform; "
-                "expected a rigid initial transform for a rigid registration, received one with "
-                "scaling or shear. Ask for an affine registration or use another engine."
-            )
-        params["initialTransform"] = os.fspath(paths.initial_transform)
-        params["initializeTransformMode"] = "Off"
-    else:
-        try:
-            params["initializeTransformMode"] = INITIALIZE_MODE[preset.initialization]
-        except KeyError:
-            raise InputError(
-                f"The preset {preset.name!r} asks for initialization {preset.initialization!r}; "
-                f"BRAINSFit supports {', '.join(sorted(INITIALIZE_MODE))}."
-            ) from None
+    kind = request.transform_kind
 
     phases = {flag: False for flag in PHASE_FLAGS}
     phases["useRigid"] = kind == "rigid" or initial_is_rigid
@@ -260,26 +206,42 @@ def build_parameters(request: EngineRequest, paths: BrainsFitPaths, *,
                                           preset.name)
     params["backgroundFillValue"] = float(preset.moving_fill_value)
 
-    if request.fixed_mask is not None or request.moving_mask is not None:
+    if files.fixed_mask is not None or files.moving_mask is not None:
         params["maskProcessingMode"] = "ROI"
-        for mask, path, name in ((request.fixed_mask, paths.fixed_mask, "fixedBinaryVolume"),
-                                 (request.moving_mask, paths.moving_mask, "movingBinaryVolume")):
-            if mask is None:
-                continue
-            if path is None:
-                raise InputError(f"The request has a mask for {name} but no file path was given for it.")
-            params[name] = os.fspath(path)
+        for path, name in ((files.fixed_mask, "fixedBinaryVolume"), (files.moving_mask, "movingBinaryVolume")):
+            if path is not None:
+                params[name] = path
     else:
         params["maskProcessingMode"] = "ROIAUTO"
 
-    if paths.output_volume is not None:
-        params["outputVolume"] = os.fspath(paths.output_volume)
+    if output_volume is not None:
+        params["outputVolume"] = output_volume
         params["outputVolumePixelType"] = "float"
     if threads is not None:
         if threads < 1:
             raise InputError(f"threads must be a positive number; received {threads!r}.")
         params["numberOfThreads"] = int(threads)
     return params
+
+
+def check_request(request: EngineRequest) -> bool:
+    """Refuse a request BRAINSFit cannot run; returns whether the initial transform is rigid."""
+    preset = request.preset
+    _check_kind(request.transform_kind)
+    if not 0.0 < preset.sampling_fraction <= 1.0:
+        raise InputError(
+            f"BRAINSFit needs a sampling fraction in (0, 1]; the preset {preset.name!r} has "
+            f"{preset.sampling_fraction!r}."
+        )
+    initial_is_rigid = is_rotation(_matrix_of(request.initial_transform, role="initial")[:3, :3],
+                                   atol=_RIGID_TOLERANCE)
+    if request.transform_kind == "rigid" and not initial_is_rigid:
+        raise InputError(
+            "BRAINSFit's rigid phase keeps only the rigid part of its starting transform; "
+            "expected a rigid initial transform for a rigid registration, received one with "
+            "scaling or shear. Ask for an affine registration or use another engine."
+        )
+    return initial_is_rigid
 
 
 def build_command_line(executable: str | os.PathLike[str],
@@ -359,8 +321,8 @@ def plan_host_call(parameters: Mapping[str, object]) -> HostParameterPlan:
     )
 
 
-class _Progress:
-    """Turns BRAINSFit's console output into monotonic progress.
+class ProgressParser:
+    """Turns BRAINSFit's console output into the fraction of its work done.
 
     BRAINSFit prints "Starting Transform Estimations for Rigid(1 of 2)" per phase and, when its
     iteration observer is on, one "<iteration> <metric> [ parameters ]" line per iteration
@@ -371,44 +333,35 @@ class _Progress:
 
     _PHASE = re.compile(r"Starting Transform Estimations for (\w+)\((\d+) of (\d+)\)")
     _ITERATION = re.compile(r"^\s*(\d+)\s+[-+0-9.eE]+\s+\[")
-    _START, _END = 0.1, 0.92
 
-    def __init__(self, options: RunOptions, iterations: Sequence[int]) -> None:
-        self._options = options
+    def __init__(self, iterations: Sequence[int]) -> None:
         self._iterations = tuple(iterations) or (1,)
-        self._phase = 0
+        self.phase = -1
         self._phases = len(self._iterations)
-        self._done = 0.0
 
-    def send(self, fraction: float, message: str) -> None:
-        self._done = max(self._done, fraction)
-        report(self._options, self._done, message)
-
-    def __call__(self, line: str) -> None:
+    def feed(self, line: str) -> tuple[float, str] | None:
         phase = self._PHASE.search(line)
         if phase:
-            self._phase = int(phase.group(2)) - 1
+            self.phase = int(phase.group(2)) - 1
             self._phases = max(1, int(phase.group(3)))
-            self.send(self._at(0.0),
-                      f"BRAINSFit: {phase.group(1)} phase ({phase.group(2)} of {self._phases})")
-            return
+            return self._at(0.0), f"BRAINSFit: {phase.group(1)} phase ({phase.group(2)} of {self._phases})"
         iteration = self._ITERATION.match(line)
-        if iteration:
-            budget = self._iterations[min(self._phase, len(self._iterations) - 1)]
-            self.send(self._at(min(1.0, int(iteration.group(1)) / max(1, budget))),
-                      f"BRAINSFit: iteration {iteration.group(1)}")
-        elif line.startswith("Initializing transform with"):
-            self.send(self._START * 0.9, "BRAINSFit: initializing")
+        if iteration and self.phase >= 0:
+            budget = self._iterations[min(self.phase, len(self._iterations) - 1)]
+            return (self._at(min(1.0, int(iteration.group(1)) / max(1, budget))),
+                    f"BRAINSFit: iteration {iteration.group(1)}")
+        return None
 
     def _at(self, within_phase: float) -> float:
-        span = (self._END - self._START) / self._phases
-        return self._START + span * (min(self._phase, self._phases - 1) + within_phase)
+        return (min(self.phase, self._phases - 1) + within_phase) / self._phases
 
 
-class BrainsFitEngine:
+class BrainsFitEngine(ExternalProgramEngine[Path]):
     """The BRAINSFit adapter (see the module docstring for both runners)."""
 
     name = ENGINE_NAME
+    label = "BRAINSFit"
+    image_suffix = ".nrrd"
 
     def __init__(self, settings: EngineSettings) -> None:
         self._settings = settings
@@ -433,71 +386,82 @@ class BrainsFitEngine:
         return Availability(True, f"{EXECUTABLE_NAME} executable {str(found)!r}")
 
     def run(self, request: EngineRequest, options: RunOptions) -> EngineOutput:
+        if self._settings.host_runner is None:
+            return super().run(request, options)
+        return self._run_in_host(request, options)
+
+    # --- skeleton hooks ------------------------------------------------------------------------
+
+    def program(self) -> Path:
+        executable = self._find_executable()
+        if executable is None:
+            raise EngineUnavailableError(f"The {ENGINE_NAME} engine is not available: {self.availability().detail}.")
+        return executable
+
+    def validate(self, request: EngineRequest) -> None:
+        check_request(request)
+
+    def write_initial_transform(self, request: EngineRequest, work: Path) -> str:
+        # BRAINSFit starts only from VersorRigid3D/ScaleVersor3D/ScaleSkewVersor3D/Affine transforms,
+        # rotating about the fixed image's centre, which is where its optimizer expects the centre.
+        center = _center_of(request.fixed)
+        initial = request.initial_transform
+        rigid = is_rotation(to_matrix(initial)[:3, :3], atol=_RIGID_TOLERANCE)
+        write_transform(as_versor_rigid(initial, center) if rigid else with_center(initial, center),
+                        work / INITIAL_TRANSFORM)
+        return INITIAL_TRANSFORM
+
+    def command(self, program: Path, request: EngineRequest, files: EngineFiles, work: Path,
+                options: RunOptions) -> ProgramCommand:
+        args = build_command_line(program, build_parameters(request, files, threads=options.threads))
+        return ProgramCommand(arguments=tuple(args), label=EXECUTABLE_NAME, shown="$ " + shlex.join(args))
+
+    def progress_parser(self, request: EngineRequest) -> ProgressParser:
+        return ProgressParser(_phase_iterations(request))
+
+    def read_result(self, request: EngineRequest, work: Path, log: Sequence[str]) -> sitk.Transform:
+        return _read_result(work / OUTPUT_TRANSFORM, request, log)
+
+    # --- inside Slicer -------------------------------------------------------------------------
+
+    def _run_in_host(self, request: EngineRequest, options: RunOptions) -> EngineOutput:
         check_volume(request.fixed, role="fixed image")
         check_volume(request.moving, role="moving image")
-        executable: Path | None = None
-        if self._settings.host_runner is None:
-            executable = self._find_executable()
-            if executable is None:
-                raise EngineUnavailableError(
-                    f"The {ENGINE_NAME} engine is not available: {self.availability().detail}."
-                )
+        self.validate(request)
+        runner = self._settings.host_runner
+        assert runner is not None
         check_cancel(options, ENGINE_NAME)
         kept: list[str] = []
         with engine_workdir(ENGINE_NAME, keep_temp=options.keep_temp,
                             on_kept=lambda folder: kept.append(str(folder))) as folder:
-            paths = BrainsFitPaths.in_folder(folder, request)
-            parameters = build_parameters(request, paths, threads=options.threads)
-            progress = _Progress(options, parameters["numberOfIterations"])  # type: ignore[arg-type]
-            progress.send(0.0, "BRAINSFit: writing inputs")
-            _write_inputs(request, paths)
+            report(options, 0.0, "BRAINSFit: writing inputs")
+            files = self.write_inputs(request, folder)
+            # The host loads files by path: give it absolute ones.
+            absolute = EngineFiles(*(None if name is None else os.fspath(folder / name)
+                                     for name in (files.fixed, files.moving, files.initial_transform,
+                                                  files.fixed_mask, files.moving_mask)))
+            parameters = build_parameters(request, absolute, threads=options.threads,
+                                          linear_transform=os.fspath(folder / OUTPUT_TRANSFORM))
             check_cancel(options, ENGINE_NAME)
-            if executable is None:
-                log = self._run_in_host(parameters, progress)
-            else:
-                log = self._run_executable(executable, parameters, folder, options, progress)
+            report(options, 0.1, "BRAINSFit: running in Slicer")
+            try:
+                runner(dict(parameters))
+            except OneClickError:
+                raise
+            except Exception as exc:
+                # The contract asks the host for EngineError; anything else still reaches the user as one.
+                raise EngineError(f"BRAINSFit (Slicer CLI module) failed: {exc}") from exc
             check_cancel(options, ENGINE_NAME)
-            progress.send(0.95, "BRAINSFit: reading the result")
-            transform = _read_result(paths.linear_transform, request, log)
-        progress.send(1.0, "BRAINSFit: done")
-        return EngineOutput(transform=transform, log=log, engine_metric_value=None,
-                            kept_temp_dir=kept[0] if kept else None)
-
-    def _run_in_host(self, parameters: dict[str, object], progress: _Progress) -> tuple[str, ...]:
-        runner = self._settings.host_runner
-        assert runner is not None
-        progress.send(0.1, "BRAINSFit: running in Slicer")
-        try:
-            runner(dict(parameters))
-        except OneClickError:
-            raise
-        except Exception as exc:
-            # The contract asks the host for EngineError; anything else still reaches the user as one.
-            raise EngineError(f"BRAINSFit (Slicer CLI module) failed: {exc}") from exc
-        return ("BRAINSFit ran inside the host through its CLI module.",)
-
-    def _run_executable(self, executable: Path, parameters: dict[str, object], folder: Path,
-                        options: RunOptions, progress: _Progress) -> tuple[str, ...]:
-        args = build_command_line(executable, parameters)
-        progress.send(0.05, "BRAINSFit: starting")
-        outcome = run_process(args, name=EXECUTABLE_NAME, cwd=folder, on_line=progress,
-                              cancel=options.cancel, timeout_s=options.timeout_s)
-        return ("$ " + shlex.join(args), *outcome.log)
+            log = ("BRAINSFit ran inside the host through its CLI module.",)
+            report(options, 0.95, "BRAINSFit: reading the result")
+            transform = self.read_result(request, folder, log)
+        report(options, 1.0, "BRAINSFit: done")
+        return EngineOutput(transform=transform, log=log, kept_temp_dir=kept[0] if kept else None)
 
 
-def _write_inputs(request: EngineRequest, paths: BrainsFitPaths) -> None:
-    write_image(to_float32(request.fixed), paths.fixed)
-    write_image(to_float32(request.moving), paths.moving)
-    for mask, path, role in ((request.fixed_mask, paths.fixed_mask, "fixed mask"),
-                             (request.moving_mask, paths.moving_mask, "moving mask")):
-        if mask is not None and path is not None:
-            check_volume(mask, role=role)
-            # BRAINSFit reads masks as unsigned char label maps; any non-zero voxel is inside.
-            write_image(sitk.Cast(mask != 0, sitk.sitkUInt8), path)
-    if request.initial_transform is not None and paths.initial_transform is not None:
-        matrix, offset = _affine_of(request.initial_transform, request.fixed, role="initial")
-        write_transform(_linear_transform(matrix, offset, _center_of(request.fixed)),
-                        paths.initial_transform)
+def _phase_iterations(request: EngineRequest) -> tuple[int, ...]:
+    files = EngineFiles(fixed="f", moving="m", initial_transform="t")
+    return tuple(build_parameters(request, files)["numberOfIterations"])  # type: ignore[arg-type]
 
 
 def _read_result(path: Path, request: EngineRequest, log: Sequence[str]) -> sitk.Transform:
@@ -509,21 +473,17 @@ def _read_result(path: Path, request: EngineRequest, log: Sequence[str]) -> sitk
         )
     try:
         written = read_transform(path)
+        matrix = _matrix_of(written, role="output")
     except InputError as exc:
-        raise EngineError(f"BRAINSFit's output transform cannot be read: {exc}",
-                          log_tail=log_tail(log)) from None
-    try:
-        matrix, offset = _affine_of(written, request.fixed, role="output")
-    except InputError as exc:
-        raise EngineError(str(exc), log_tail=log_tail(log)) from None
-    kind = _check_kind(request.transform_kind)
-    if kind == "rigid" and not _is_rigid(matrix):
+        raise EngineError(f"BRAINSFit's output transform cannot be read: {exc}", log_tail=log_tail(log)) from None
+    rigid = _check_kind(request.transform_kind) == "rigid"
+    if rigid and not is_rotation(matrix[:3, :3], atol=_RIGID_TOLERANCE):
         raise EngineError(
             f"BRAINSFit was asked for a rigid transform but wrote one with scaling or shear "
-            f"(matrix {np.round(matrix, 6).tolist()}) to {str(path)!r}.",
+            f"(matrix {np.round(matrix[:3, :3], 6).tolist()}) to {str(path)!r}.",
             log_tail=log_tail(log),
         )
-    return _linear_transform(matrix, offset, _center_of(request.fixed), rigid=kind == "rigid")
+    return as_rigid_or_affine(written, rigid=rigid, atol=_RIGID_TOLERANCE, center=_center_of(request.fixed))
 
 
 def _check_kind(kind: str) -> TransformKind:
@@ -541,65 +501,21 @@ def _lookup(table: Mapping[str, str], key: str, field: str, preset: str) -> str:
         ) from None
 
 
-def _center_of(image: sitk.Image) -> np.ndarray:
+def _center_of(image: sitk.Image) -> tuple[float, float, float]:
     size = np.asarray(image.GetSize(), dtype=float)
-    return np.asarray(image.TransformContinuousIndexToPhysicalPoint(((size - 1.0) / 2.0).tolist()))
+    return tuple(image.TransformContinuousIndexToPhysicalPoint(((size - 1.0) / 2.0).tolist()))  # type: ignore[return-value]
 
 
-def _affine_of(transform: sitk.Transform, fixed: sitk.Image, *, role: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(A, b)`` with ``transform(x) == A @ x + b``, or InputError if it is not linear.
-
-    Probing points works for every linear transform class and for composites of them alike.
-    """
-    if transform.GetDimension() != 3:
-        raise InputError(f"The {role} transform must be 3D; received {transform.GetDimension()}D.")
-    center = _center_of(fixed)
-    step = 100.0  # mm: large enough that rounding in the probe does not matter
-    origin = np.asarray(transform.TransformPoint(center.tolist()))
-    matrix = np.column_stack([
-        (np.asarray(transform.TransformPoint((center + step * axis).tolist())) - origin) / step
-        for axis in np.eye(3)
-    ])
-    offset = origin - matrix @ center
-    for signs in np.ndindex(2, 2, 2):
-        point = center + (2.0 * np.asarray(signs) - 1.0) * 60.0
-        mapped = np.asarray(transform.TransformPoint(point.tolist()))
-        error = float(np.linalg.norm(mapped - (matrix @ point + offset)))
-        if not np.isfinite(error) or error > _LINEAR_TOLERANCE_MM:
-            raise InputError(
-                f"The {role} transform must be linear (rigid or affine) for BRAINSFit; received a "
-                f"{transform.GetName()} that is not (off by {error:.3g} mm from its linear fit)."
-            )
-    return matrix, offset
-
-
-def _is_rigid(matrix: np.ndarray) -> bool:
-    return bool(np.allclose(matrix.T @ matrix, np.eye(3), atol=_RIGID_TOLERANCE)
-                and np.linalg.det(matrix) > 0)
-
-
-def _linear_transform(matrix: np.ndarray, offset: np.ndarray, center: np.ndarray, *,
-                      rigid: bool | None = None) -> sitk.Transform:
-    """A VersorRigid3D (rotation) or Affine transform mapping ``x`` to ``matrix @ x + offset``.
-
-    Those are the two classes BRAINSFit accepts as a start and writes as a result. The centre is the
-    fixed image's centre, which is where BRAINSFit's optimizer expects to rotate about.
-    """
-    if rigid is None:
-        rigid = _is_rigid(matrix)
-    if rigid:
-        u, _, vt = np.linalg.svd(matrix)
-        rotation = u @ vt  # nearest exact rotation; the input is within _RIGID_TOLERANCE of one
-        result: sitk.Transform = sitk.VersorRigid3DTransform()
-        result.SetCenter(center.tolist())
-        result.SetMatrix(rotation.ravel().tolist())
-        result.SetTranslation((offset + rotation @ center - center).tolist())
-        return result
-    affine = sitk.AffineTransform(3)
-    affine.SetCenter(center.tolist())
-    affine.SetMatrix(matrix.ravel().tolist())
-    affine.SetTranslation((offset + matrix @ center - center).tolist())
-    return affine
+def _matrix_of(transform: sitk.Transform, *, role: str) -> np.ndarray:
+    """The 4x4 matrix of a linear transform, or InputError saying this one is not linear/finite."""
+    try:
+        matrix = to_matrix(transform)
+    except InputError:
+        raise InputError(f"The {role} transform must be linear (rigid or affine) for BRAINSFit; received a "
+                         f"{transform.GetName()}.") from None
+    if not np.all(np.isfinite(matrix)):
+        raise InputError(f"The {role} transform for BRAINSFit has non-finite values.")
+    return matrix
 
 
 def create_engine(settings: EngineSettings) -> BrainsFitEngine:

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import CancelledError, EngineError
+from ..errors import EngineError
+from ..interrupts import deferred
 from ..presets import level_shrink_factors
 from ..transforms import as_affine, as_euler
 from .base import (
@@ -38,6 +39,7 @@ from .base import (
     check_cancel,
     report,
 )
+from .external_program import binary_mask
 
 # Optimizer steps, in units of the level's voxel size (physical-shift scales make a step a
 # displacement in mm): the first level starts with one voxel; later levels refine, so they start
@@ -147,15 +149,6 @@ def level_image(image: sitk.Image, factors: Sequence[int], sigma_mm: float) -> s
 
 def _initial_parametric(request: EngineRequest) -> sitk.Transform:
     initial = request.initial_transform
-    if initial is None:
-        mode = (
-            sitk.CenteredTransformInitializerFilter.MOMENTS
-            if request.preset.initialization == "moments"
-            else sitk.CenteredTransformInitializerFilter.GEOMETRY
-        )
-        initial = sitk.CenteredTransformInitializer(
-            request.fixed, request.moving, sitk.Euler3DTransform(), mode
-        )
     if request.transform_kind == "affine":
         return as_affine(initial)
     return as_euler(initial)
@@ -169,9 +162,9 @@ def _configure(method: sitk.ImageRegistrationMethod, request: EngineRequest) -> 
         method.SetMetricAsCorrelation()
     method.SetInterpolator(sitk.sitkLinear if preset.interpolation == "linear" else sitk.sitkBSpline)
     if request.fixed_mask is not None:
-        method.SetMetricFixedMask(request.fixed_mask)
+        method.SetMetricFixedMask(binary_mask(request.fixed_mask, "fixed mask"))
     if request.moving_mask is not None:
-        method.SetMetricMovingMask(request.moving_mask)
+        method.SetMetricMovingMask(binary_mask(request.moving_mask, "moving mask"))
 
 
 class SimpleITKEngine:
@@ -254,24 +247,38 @@ class SimpleITKEngine:
             method.SetNumberOfThreads(options.threads)
         cancelled = False
         base, total = progress
+        # An exception must not cross SimpleITK's C++ frames (it is printed and becomes "There was an
+        # error executing the Python Callable"): the callback keeps it, stops the optimizer, and it
+        # is raised below. Signals are held meanwhile (see interrupts.py).
+        stopped_by: list[BaseException] = []
+        signals: list[int] = []
 
         def on_iteration() -> None:
             nonlocal cancelled
-            iteration = method.GetOptimizerIteration()
-            report(options, (base + iteration) / total, f"SimpleITK {where}, iteration {base + iteration}")
-            if options.cancel is not None and options.cancel():
-                cancelled = True
+            try:
+                iteration = method.GetOptimizerIteration()
+                report(options, (base + iteration) / total, f"SimpleITK {where}, iteration {base + iteration}")
+                if signals or (options.cancel is not None and options.cancel()):
+                    cancelled = True
+                    method.StopRegistration()
+            except BaseException as exc:  # Ctrl-C / SIGTERM (interrupts.py) or a progress error
+                stopped_by.append(exc)
                 method.StopRegistration()
 
         method.AddCommand(sitk.sitkIterationEvent, on_iteration)
         try:
-            result = method.Execute(fixed, moving)
+            with deferred(signals):  # a held Ctrl-C/SIGTERM is raised when Execute returns
+                result = method.Execute(fixed, moving)
         except RuntimeError as exc:
+            if stopped_by:
+                raise stopped_by[0] from None
             raise EngineError(
                 f"SimpleITK registration failed at {where}: {str(exc).strip().splitlines()[-1]}"
             ) from None
+        if stopped_by:
+            raise stopped_by[0]
         if cancelled:
-            raise CancelledError("The SimpleITK registration was cancelled.")
+            check_cancel(options, self.name)
         return _unwrap(result), method.GetMetricValue(), max(1, method.GetOptimizerIteration())
 
 

@@ -16,7 +16,8 @@ import SimpleITK as sitk
 
 from OneClickRegistrationLib import synthetic
 from OneClickRegistrationLib.engines.base import EngineRequest, EngineSettings, RunOptions
-from OneClickRegistrationLib.engines.elastix_engine import ElastixEngine, parameter_text
+from OneClickRegistrationLib.engines.elastix_engine import ElastixEngine, parameter_map
+from OneClickRegistrationLib.engines.elastix_parameters import ParameterMap, format_parameters
 from OneClickRegistrationLib.errors import CancelledError, EngineError, EngineTimeoutError
 from OneClickRegistrationLib.presets import preset_for
 
@@ -59,7 +60,8 @@ def ct_pair() -> synthetic.SyntheticPair:
 
 
 def _request(pair: synthetic.SyntheticPair, **kwargs) -> EngineRequest:
-    """What the pipeline hands an engine: float32 images, CT windowed as the preset says."""
+    """What the pipeline hands an engine: float32 images, CT windowed as the preset says, and a start
+    (by default the centres of mass, as the pipeline's moments initialization gives)."""
     preset = kwargs.pop("preset", preset_for(pair.fixed_modality, pair.moving_modality))
     fixed = sitk.Cast(pair.fixed, sitk.sitkFloat32)
     moving = sitk.Cast(pair.moving, sitk.sitkFloat32)
@@ -67,18 +69,43 @@ def _request(pair: synthetic.SyntheticPair, **kwargs) -> EngineRequest:
         fixed = sitk.Clamp(fixed, sitk.sitkFloat32, *preset.fixed_ct_window)
     if preset.moving_ct_window is not None:
         moving = sitk.Clamp(moving, sitk.sitkFloat32, *preset.moving_ct_window)
+    if "initial_transform" not in kwargs:
+        kwargs["initial_transform"] = _centred(fixed, moving, sitk.CenteredTransformInitializerFilter.MOMENTS)
     return EngineRequest(fixed=fixed, moving=moving, preset=preset, **kwargs)
+
+
+def _centred(fixed: sitk.Image, moving: sitk.Image, mode: int) -> sitk.Transform:
+    # Intensities shifted to start at 0: mass must be non-negative, and windowed CT has a negative
+    # background.
+    def mass(image: sitk.Image) -> sitk.Image:
+        return sitk.ShiftScale(image, -float(np.min(sitk.GetArrayViewFromImage(image))), 1.0)
+
+    return sitk.CenteredTransformInitializer(mass(fixed), mass(moving), sitk.Euler3DTransform(), mode)
 
 
 def _tre(transform: sitk.Transform, pair: synthetic.SyntheticPair) -> float:
     return float(synthetic.target_registration_error(transform, pair.truth, pair.brain_points).mean())
 
 
-def _engine(**overrides: str) -> ElastixEngine:
-    return ElastixEngine(EngineSettings(), parameter_overrides=overrides)
+class _AdaptedElastix(ElastixEngine):
+    """elastix with parameters replaced (to make it fail, or not move), the way a user would adapt
+    a parameter map."""
+
+    def __init__(self, overrides: ParameterMap) -> None:
+        super().__init__(EngineSettings())
+        self.overrides = overrides
+
+    def parameters(self, request: EngineRequest) -> ParameterMap:
+        parameters = super().parameters(request)
+        parameters.update(self.overrides)
+        return parameters
 
 
-def test_recovers_rigid_t2_to_t1_without_initial_transform(t2_pair, private_tempdir):
+def _engine(**overrides: tuple) -> ElastixEngine:
+    return _AdaptedElastix(overrides) if overrides else ElastixEngine(EngineSettings())
+
+
+def test_recovers_rigid_t2_to_t1_from_the_centres_of_mass(t2_pair, private_tempdir):
     start = _tre(sitk.Euler3DTransform(), t2_pair)
     progress: list[tuple[float, str]] = []
     output = _engine().run(_request(t2_pair), RunOptions(progress=lambda f, m: progress.append((f, m))))
@@ -89,14 +116,13 @@ def test_recovers_rigid_t2_to_t1_without_initial_transform(t2_pair, private_temp
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any("level 3/3" in m for _, m in progress)
     assert output.engine_metric_value is not None and output.engine_metric_value < 0  # MI is negated
-    assert output.log[0].startswith("$ ") and "-t0" in output.log[0]  # moments start, made explicit
+    assert output.log[0].startswith("$ ") and "-t0" in output.log[0]
     assert _leftovers(private_tempdir) == []
 
 
 def test_recovers_rigid_ct_to_t1_from_a_centered_initializer(ct_pair, private_tempdir):
     request = _request(ct_pair)
-    initial = sitk.CenteredTransformInitializer(request.fixed, request.moving, sitk.Euler3DTransform(),
-                                                sitk.CenteredTransformInitializerFilter.GEOMETRY)
+    initial = _centred(request.fixed, request.moving, sitk.CenteredTransformInitializerFilter.GEOMETRY)
     output = _engine().run(replace(request, initial_transform=initial), RunOptions(threads=1))
     assert "-threads 1" in output.log[0]
     assert isinstance(output.transform, sitk.Euler3DTransform)
@@ -104,13 +130,15 @@ def test_recovers_rigid_ct_to_t1_from_a_centered_initializer(ct_pair, private_te
     assert _leftovers(private_tempdir) == []
 
 
-def test_recovers_with_elastix_geometric_centre_start_and_recursive_pyramid(t2_pair):
+def test_recovers_from_the_geometric_centres_with_the_recursive_pyramid(t2_pair):
     # Sigmas following ITK's pyramid rule at 2.5 mm (levels 5/2.5/2.5 mm) select the recursive pyramid.
     preset = replace(preset_for("T1", "T2"), initialization="geometry", smoothing_sigmas_mm=(2.5, 0.0, 0.0))
     request = _request(t2_pair, preset=preset)
-    assert '(FixedImagePyramid "FixedRecursiveImagePyramid")' in parameter_text(request)
+    request = replace(request, initial_transform=_centred(
+        request.fixed, request.moving, sitk.CenteredTransformInitializerFilter.GEOMETRY))
+    assert '(FixedImagePyramid "FixedRecursiveImagePyramid")' in format_parameters(parameter_map(request))
     output = _engine().run(request, RunOptions())
-    assert "-t0" not in output.log[0]
+    assert "-t0" in output.log[0]
     assert _tre(output.transform, t2_pair) < 1.0
 
 
@@ -122,7 +150,7 @@ def test_result_includes_a_rotated_initial_transform(t2_pair):
     output = _engine().run(_request(t2_pair, initial_transform=initial), RunOptions())
     assert _tre(output.transform, t2_pair) < 1.0
     # With a zero step size the result is the initial transform itself (the -t0 file is read right).
-    unoptimized = _engine(AutomaticParameterEstimation='"false"', SP_a="0.0").run(
+    unoptimized = _engine(AutomaticParameterEstimation=(False,), SP_a=(0.0,)).run(
         _request(t2_pair, initial_transform=initial), RunOptions())
     points = t2_pair.brain_points[:200]
     assert synthetic.target_registration_error(unoptimized.transform, initial, points).max() < 1e-3
@@ -204,7 +232,7 @@ def test_timeout_stops_elastix_and_cleans_up(t2_pair, private_tempdir):
 
 def test_unknown_component_gives_elastixs_own_message(t2_pair, private_tempdir):
     with pytest.raises(EngineError) as caught:
-        _engine(Metric='"NoSuchMetric"').run(_request(t2_pair), RunOptions())
+        _engine(Metric=("NoSuchMetric",)).run(_request(t2_pair), RunOptions())
     message = str(caught.value)
     assert "elastix failed: it exited with code 1" in message
     assert "The following component could not be created: NoSuchMetric" in message
@@ -214,7 +242,7 @@ def test_unknown_component_gives_elastixs_own_message(t2_pair, private_tempdir):
 
 def test_impossible_value_fails_with_elastixs_message(t2_pair):
     with pytest.raises(EngineError) as caught:
-        _engine(NumberOfHistogramBins="-5").run(_request(t2_pair), RunOptions())
+        _engine(NumberOfHistogramBins=(-5,)).run(_request(t2_pair), RunOptions())
     assert "elastix says:" in str(caught.value)
     assert caught.value.log_tail
 
@@ -243,6 +271,6 @@ def test_programs_that_misbehave_raise_engine_error(t2_pair, tmp_path, private_t
 def test_inputs_are_not_modified(t2_pair):
     request = _request(t2_pair, initial_transform=sitk.Euler3DTransform())
     before = sitk.GetArrayFromImage(request.moving).copy(), request.initial_transform.GetParameters()
-    _engine(MaximumNumberOfIterations="5 5 5").run(request, RunOptions())
+    _engine(MaximumNumberOfIterations=(5, 5, 5)).run(request, RunOptions())
     assert np.array_equal(sitk.GetArrayViewFromImage(request.moving), before[0])
     assert request.initial_transform.GetParameters() == before[1]
