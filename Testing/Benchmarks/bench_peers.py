@@ -1,6 +1,7 @@
 """This project side by side with its peers, on the same hard cases: error, time, attempts, verdict.
 
-Per case (synthetic heads with a known rigid misalignment, T1/T2/FLAIR/CT pairs):
+Per case (``synthetic.make_case``: every kind of ``synthetic.CASE_KINDS``, synthetic heads with a
+known rigid misalignment over T1/T2/FLAIR/CT pairs):
 
 * ``oneclick``: the one-click default path (``register`` with no engine named: the preset's first
   installed engine, recovery on), with its number of attempts and its verdict;
@@ -20,10 +21,10 @@ skipped with a message.
 
     python Testing/Benchmarks/bench_peers.py --peers DIR [--quick] [--methods oneclick,greedy,...]
 
-``--quick``: coarse grids (2 mm) and one case per kind, for development; the full mode runs every
-kind on the modalities' real grids. Prints one line per case, then the per-case table (our error
-over the best peer's, our time over each peer's) and the success rates; writes
-``results/bench_peers.json`` (``--name`` changes the name).
+``--quick``: grids coarsened 2x (same physical extent and truth), for development; the full mode
+runs on the modalities' real grids. One case per kind (``--per-kind`` for more). Prints one line
+per case, then the per-case table (our error over the best peer's, our time over each peer's) and
+the success rates; writes ``results/bench_peers.json`` (``--name`` changes the name).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +52,9 @@ import bench_elastix_peers as elastix_peers
 from OneClickRegistrationLib import synthetic
 from OneClickRegistrationLib.engines.base import EngineSettings
 from OneClickRegistrationLib.engines.elastix_engine import ElastixEngine
-from OneClickRegistrationLib.modality import parse_modality
 from OneClickRegistrationLib.pipeline import register
 from OneClickRegistrationLib.transforms import affine_from_matrix
 
-PEERS_ENV = "ONECLICK_PEERS_DIR"
 SLICERELASTIX_FILE = "Parameters_Rigid.txt"
 SYNQUICK_SCRIPT = "antsRegistrationSyNQuick.sh"
 GREEDY_RIGID = "-d 3 -a -dof 6 -m NMI -ia-image-centers -n 100x50x10"
@@ -65,125 +64,49 @@ PEERS = (SLICERELASTIX, GREEDY, SYNQUICK)
 TARGET_RATIO, TARGET_FLOOR_MM = 1.5, 0.15  # ours <= max(1.5x the best peer, 0.15 mm) per case
 
 _RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-_SAGITTAL = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)  # slices along left-right
-_FLIPPED = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)  # a left-handed grid (mirrored x axis)
-
-
-def _oblique(degrees: float) -> tuple[float, ...]:
-    a = np.deg2rad(degrees)
-    tilt = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(a), -np.sin(a)], [0.0, np.sin(a), np.cos(a)]])
-    return tuple(tilt.ravel())
 
 
 # --- cases -------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class PeerCase:
-    """One hard case: a modality pair, a known misalignment and how the moving image is acquired."""
+    """One generated case: ``synthetic.make_case(kind, seed)``, described in words."""
 
     kind: str
-    fixed: str
-    moving: str
-    rotation_deg: tuple[float, float, float]
-    translation_mm: tuple[float, float, float]
-    fov_shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    moving_fov_mm: tuple[float, float, float] | None = None
-    moving_direction: tuple[float, ...] | None = None
-    moving_spacing_mm: tuple[float, float, float] | None = None  # None: the modality's typical grid
-    skull_stripped: bool = False
-    seed: int = 0
-
-    @property
-    def pair_name(self) -> str:
-        return f"{self.moving}->{self.fixed}"
+    seed: int
+    pair_name: str
+    description: str
 
 
-def peer_cases(*, per_kind: int, seed: int = 2026) -> list[PeerCase]:
-    """``per_kind`` cases of every kind the issue lists, cycling through the modality pairs."""
-    rng = np.random.default_rng(seed)
+def coarsened(image: sitk.Image, factor: float) -> sitk.Image:
+    """``image`` on a grid ``factor`` times coarser over the same extent (quick runs only)."""
+    if factor == 1.0:
+        return image
+    spacing = np.asarray(image.GetSpacing()) * factor
+    size = [max(4, round(n / factor)) for n in image.GetSize()]
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    corner = np.asarray(image.GetOrigin()) - direction @ (np.asarray(image.GetSpacing()) / 2.0)
+    origin = corner + direction @ (spacing / 2.0)
+    smooth = sitk.SmoothingRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), float(np.mean(spacing)) / 2.0)
+    return sitk.Cast(sitk.Resample(smooth, size, sitk.Transform(), sitk.sitkLinear, tuple(origin), tuple(spacing),
+                                   image.GetDirection(), float(np.min(sitk.GetArrayViewFromImage(image)))),
+                     image.GetPixelID())
 
-    def rot(limit: float, *, one_axis_from: float = 0.0) -> tuple[float, float, float]:
-        angles = rng.uniform(-limit / 3, limit / 3, 3)
-        if one_axis_from:
-            angles[rng.integers(0, 3)] = rng.choice([-1, 1]) * rng.uniform(one_axis_from, limit)
-        else:
-            angles = rng.uniform(-limit, limit, 3)
-        return tuple(np.round(angles, 1))  # type: ignore[return-value]
 
-    def trans(low: float, high: float) -> tuple[float, float, float]:
-        v = rng.normal(size=3)
-        return tuple(np.round(v / np.linalg.norm(v) * rng.uniform(low, high), 1))  # type: ignore[return-value]
-
-    mr = ("T1", "T2", "FLAIR")
-    cases: list[PeerCase] = []
-    for i in range(per_kind):
-        def s() -> int:
-            return int(rng.integers(0, 2**31))
-
-        a, b = mr[i % 3], mr[(i + 1) % 3]
-        cases += [
-            PeerCase("slab-under-CT", "CT", mr[(i + 2) % 3], rot(20), trans(5, 20),
-                     moving_fov_mm=(220.0, 230.0, 60.0), seed=s()),
-            PeerCase("rotation-90", a, "CT" if i % 2 else b, rot(90, one_axis_from=60), trans(5, 20), seed=s()),
-            PeerCase("no-overlap", "CT" if i % 2 == 0 else a, b, rot(25),
-                     tuple(np.add(trans(5, 30), (300.0, -200.0, 150.0))), seed=s()),  # type: ignore[arg-type]
-            PeerCase("sagittal-grid", b, a, rot(25), trans(5, 25), trans(0, 10),
-                     moving_direction=_SAGITTAL, seed=s()),
-            PeerCase("oblique-grid", "CT", a, rot(25), trans(5, 25), trans(0, 10),
-                     moving_direction=_oblique(25.0), seed=s()),
-            PeerCase("flipped-grid", a, b, rot(25), trans(5, 25), trans(0, 10),
-                     moving_direction=_FLIPPED, seed=s()),
-            PeerCase("fine-vs-coarse", "T1", "T2" if i % 2 == 0 else "FLAIR", rot(15), trans(5, 20),
-                     moving_spacing_mm=(0.5, 0.5, 3.0), seed=s()),
-            PeerCase("skull-stripped", a if a != "T1" else "T2", "T1", rot(20), trans(5, 20), trans(0, 10),
-                     skull_stripped=True, seed=s()),
-            PeerCase("already-aligned", a, "CT" if i % 2 else b, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), seed=s()),
-        ]
+def make_cases(*, per_kind: int, kinds: Sequence[str], coarsen: float,
+               seed: int = 2026) -> list[tuple[PeerCase, synthetic.SyntheticPair]]:
+    """``per_kind`` cases of every kind (seeds ``seed``, ``seed + 1``, ...), built one at a time."""
+    cases = []
+    for kind in kinds:
+        for k in range(per_kind):
+            made = synthetic.make_case(kind, seed + k)
+            pair = made.pair
+            if coarsen != 1.0:
+                fixed = coarsened(pair.fixed, coarsen)
+                pair = replace(pair, fixed=fixed, moving=fixed if kind == "self" else coarsened(pair.moving, coarsen))
+            name = f"{pair.moving_modality.value}->{pair.fixed_modality.value}"
+            cases.append((PeerCase(kind, seed + k, name, made.description), pair))
     return cases
-
-
-def make_case(case: PeerCase, *, coarsen: float) -> synthetic.SyntheticPair:
-    """The case's images, built from the synthetic head like ``synthetic.make_pair``."""
-    resolution = max(1.0, min(2.5, coarsen))
-    fixed_mod, moving_mod = parse_modality(case.fixed), parse_modality(case.moving)
-    subject = synthetic.make_subject(resolution_mm=resolution)
-    center = subject.head_center
-    truth = synthetic.rigid_transform(case.rotation_deg, case.translation_mm, center)
-    fixed_grid = synthetic.typical_grid(fixed_mod, center, coarsen=coarsen)
-    moved_center = tuple(np.asarray(truth.TransformPoint(center)) + np.asarray(case.fov_shift_mm))
-    moving_grid = synthetic.typical_grid(moving_mod, moved_center, coarsen=coarsen,  # type: ignore[arg-type]
-                                         direction=case.moving_direction, fov_mm=case.moving_fov_mm)
-    if case.moving_spacing_mm is not None:
-        spacing = tuple(s * coarsen for s in case.moving_spacing_mm)
-        moving_grid = synthetic.Grid.centered(moved_center, case.moving_fov_mm or  # type: ignore[arg-type]
-                                              synthetic.TYPICAL_FOV_MM[moving_mod], spacing, case.moving_direction)
-    fixed = synthetic.render(fixed_mod, fixed_grid, resolution_mm=resolution, seed=case.seed)
-    moving = synthetic.render(moving_mod, moving_grid, image_to_reference=truth.GetInverse(),
-                              resolution_mm=resolution, seed=case.seed + 1)
-    if case.skull_stripped:
-        # The brain (and the CSF around it) only, as a skull-stripping tool leaves it.
-        brain = sitk.BinaryDilate(subject.brain, [max(1, round(3.0 / resolution))] * 3)
-        on_moving = sitk.Resample(brain, moving, truth.GetInverse(), sitk.sitkNearestNeighbor, 0)
-        moving = sitk.Mask(moving, sitk.Cast(on_moving, sitk.sitkUInt8))
-    return synthetic.SyntheticPair(fixed=fixed, moving=moving, truth=truth,
-                                   brain_points=synthetic.brain_points(subject, count=2000, seed=case.seed),
-                                   fixed_modality=fixed_mod, moving_modality=moving_mod)
-
-
-# --- peers' files ------------------------------------------------------------------------------------
-
-def peers_dir(option: str | None) -> Path | None:
-    """The folder holding the peers' files: ``--peers`` or ``$ONECLICK_PEERS_DIR``."""
-    value = option or os.environ.get(PEERS_ENV)
-    return Path(value) if value else None
-
-
-def find_peer_file(root: Path | None, name: str) -> Path | None:
-    """The one file called ``name`` below ``root`` (None when there is none)."""
-    if root is None or not root.is_dir():
-        return None
-    found = sorted(root.rglob(name))
-    return found[0] if found else None
 
 
 # --- running each method -------------------------------------------------------------------------------
@@ -250,19 +173,6 @@ def run_greedy(pair: synthetic.SyntheticPair) -> sitk.Transform:
         return greedy_to_itk(np.loadtxt(folder / "rigid.mat"))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def synquick_from_script(script: Path, *, large_image: bool) -> ants_peers.PeerStage:
-    """The rigid stage of ``antsRegistrationSyNQuick.sh -t r``, read from the script at ``script``."""
-    def one_file(_git_dir: Path, _suffix: str) -> tuple[str, str]:
-        return str(script), script.read_text(encoding="utf-8")
-
-    # bench_ants_peers reads the script from a git copy; here it is a plain file.
-    reader, ants_peers._git_file = ants_peers._git_file, one_file  # type: ignore[assignment]
-    try:
-        return ants_peers.synquick_rigid(script.parent, large_image=large_image)
-    finally:
-        ants_peers._git_file = reader  # type: ignore[assignment]
 
 
 def run_synquick(pair: synthetic.SyntheticPair, stages: dict[bool, ants_peers.PeerStage]) -> sitk.Transform:
@@ -340,57 +250,53 @@ def success_rows(outcomes: Sequence[Outcome]) -> list[dict[str, object]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--peers", default=None, metavar="DIR",
-                        help=f"folder with the peers' files (default: ${PEERS_ENV})")
-    parser.add_argument("--quick", action="store_true", help="coarse 2 mm grids, one case per kind")
-    parser.add_argument("--per-kind", type=int, default=None, help="cases per kind (quick: 1, full: 2)")
-    parser.add_argument("--coarsen", type=float, default=None, help="scale every grid (quick: 2, full: 1)")
-    parser.add_argument("--kinds", default="", help="comma-separated kinds to run (default: all)")
+    bc.add_peers_option(parser)
+    parser.add_argument("--quick", action="store_true", help="grids coarsened 2x (development)")
+    parser.add_argument("--per-kind", type=int, default=None, help="cases per kind (default 1)")
+    parser.add_argument("--coarsen", type=float, default=None, help="coarsen every grid (quick: 2, full: 1)")
+    parser.add_argument("--kinds", default=",".join(synthetic.CASE_KINDS), help="comma-separated case kinds")
     parser.add_argument("--methods", default=",".join((OURS, OURS_SITK, *PEERS)))
     parser.add_argument("--name", default="bench_peers", help="results file name (without .json)")
     args = parser.parse_args(argv)
     coarsen = args.coarsen if args.coarsen is not None else (2.0 if args.quick else 1.0)
-    per_kind = args.per_kind if args.per_kind is not None else (1 if args.quick else 2)
+    per_kind = args.per_kind if args.per_kind is not None else 1
     methods = set(args.methods.split(","))
 
-    root = peers_dir(args.peers)
     sources: dict[str, str] = {}
     runners: dict[str, Callable[[synthetic.SyntheticPair], object]] = {
         OURS: lambda p: run_ours(p, None),
         OURS_SITK: lambda p: run_ours(p, "simpleitk"),
     }
     elastix = ElastixEngine(EngineSettings())
-    parameters = find_peer_file(root, SLICERELASTIX_FILE)
-    if parameters is None or not elastix.availability().available:
-        print(f"{SLICERELASTIX} skipped: no {SLICERELASTIX_FILE} under {root} or no elastix program")
-    else:
-        text, program = parameters.read_text(encoding="utf-8"), str(elastix.executable())
-        runners[SLICERELASTIX] = lambda p: run_slicerelastix(p, text, program)
-        sources[SLICERELASTIX] = f"{parameters} with {elastix.availability().detail}"
+    parameters = bc.locate_peer(SLICERELASTIX_FILE, SLICERELASTIX, args.peers, wanted=SLICERELASTIX in methods)
+    if parameters is not None:
+        if elastix.availability().available:
+            text, program = parameters.read_text(encoding="utf-8"), str(elastix.executable())
+            runners[SLICERELASTIX] = lambda p: run_slicerelastix(p, text, program)
+            sources[SLICERELASTIX] = f"{parameters} with {elastix.availability().detail}"
+        else:
+            print(f"{SLICERELASTIX}: column skipped, no elastix program ({elastix.availability().detail})")
     try:
         import picsl_greedy  # noqa: F401
     except ImportError:
-        print(f"{GREEDY} skipped: the picsl-greedy wheel is not installed")
+        print(f"{GREEDY}: column skipped, the picsl-greedy wheel is not installed")
     else:
         runners[GREEDY] = run_greedy
         sources[GREEDY] = f"picsl-greedy: {GREEDY_RIGID}"
-    script = find_peer_file(root, SYNQUICK_SCRIPT)
-    if script is None:
-        print(f"{SYNQUICK} skipped: no {SYNQUICK_SCRIPT} under {root}")
-    else:
-        stages = {large: synquick_from_script(script, large_image=large) for large in (False, True)}
+    script = bc.locate_peer(SYNQUICK_SCRIPT, SYNQUICK, args.peers, wanted=SYNQUICK in methods)
+    if script is not None:
+        stages = {large: ants_peers.synquick_rigid(script, large_image=large) for large in (False, True)}
         runners[SYNQUICK] = lambda p: run_synquick(p, stages)
         sources[SYNQUICK] = f"{script}: {' '.join(stages[False].arguments('F', 'M', 'OUT'))}"
     runners = {m: r for m, r in runners.items() if m in methods}
-    for method, source in sources.items():
-        print(f"{method}: {source}")
 
-    kinds = set(filter(None, args.kinds.split(",")))
-    cases = [c for c in peer_cases(per_kind=per_kind) if not kinds or c.kind in kinds]
-    print(f"{len(cases)} cases, grids x{coarsen:g}, methods: {', '.join(runners)}\n")
+    kinds = [k for k in args.kinds.split(",") if k]
+    print(f"{per_kind} case(s) per kind, kinds {', '.join(kinds)}, grids x{coarsen:g}; "
+          f"methods: {', '.join(runners)}\n")
+    cases: list[PeerCase] = []
     outcomes: list[Outcome] = []
-    for index, case in enumerate(cases):
-        pair = make_case(case, coarsen=coarsen)
+    for index, (case, pair) in enumerate(make_cases(per_kind=per_kind, kinds=kinds, coarsen=coarsen)):
+        cases.append(case)
         line = []
         for method, run in runners.items():
             outcome = measure(method, index, case, pair, run)  # type: ignore[arg-type]
@@ -398,12 +304,12 @@ def main(argv: list[str] | None = None) -> int:
             extra = (f" {outcome.attempts} att {outcome.verdict}" if outcome.attempts is not None else "")
             line.append(f"{method} {outcome.tre_mm:.2f} mm {outcome.seconds:.1f} s{extra}"
                         + (f" [{outcome.error}]" if outcome.error else ""))
-        print(f"case {index:2d} {case.kind:16s} {case.pair_name:10s} " + " | ".join(line), flush=True)
+        print(f"case {index:2d} {case.description}\n         " + " | ".join(line), flush=True)
 
     rows = per_case_rows(outcomes, cases)
     columns = ["case", "kind", "pair", "ours_mm", "ours_s", "attempts", "verdict", "sitk_mm", "sitk_s",
-               *(f"{p}_mm" for p in PEERS if p in runners), "ours_over_best", "meets_target",
-               *(f"time_vs_{p}" for p in PEERS if p in runners)]
+               "sitk_attempts", "sitk_verdict", *(f"{p}_mm" for p in PEERS if p in runners), "ours_over_best",
+               "meets_target", *(f"time_vs_{p}" for p in PEERS if p in runners)]
     print()
     bc.print_table(rows, [c for c in columns if any(c in r for r in rows)])
     summary = success_rows(outcomes)

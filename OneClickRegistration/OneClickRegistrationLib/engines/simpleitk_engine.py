@@ -50,7 +50,7 @@ _LAST_STEP_PER_VOXEL = 0.05
 _FINEST_LAST_STEP_PER_VOXEL = 0.02
 _ROUND_ITERATIONS = 20
 _FINEST_ROUND_ITERATIONS = 10
-_SAMPLES_PER_ROUND = 4096
+_SAMPLES_PER_ROUND = 8192
 _FINEST_SAMPLES_PER_ROUND = 32768
 _SAMPLING_SEED = 20261121  # fixed: the same inputs give the same result
 # Smoothing below this share of an axis' spacing changes nothing worth computing.
