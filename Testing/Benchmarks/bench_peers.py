@@ -248,6 +248,16 @@ def success_rows(outcomes: Sequence[Outcome]) -> list[dict[str, object]]:
     return rows
 
 
+def _write(name: str, coarsen: float, per_kind: int, sources: dict[str, str], cases: Sequence[PeerCase],
+           outcomes: Sequence[Outcome], *, complete: bool) -> Path:
+    return bc.write_json(name, {
+        "complete": complete, "coarsen": coarsen, "per_kind": per_kind, "success_mm": bc.SUCCESS_MM,
+        "sources": sources, "target": {"ratio_to_best_peer": TARGET_RATIO, "floor_mm": TARGET_FLOOR_MM},
+        "cases": [asdict(c) for c in cases], "outcomes": [asdict(o) for o in outcomes],
+        "per_case": per_case_rows(outcomes, cases), "summary": success_rows(outcomes),
+    })
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     bc.add_peers_option(parser)
@@ -306,25 +316,22 @@ def main(argv: list[str] | None = None) -> int:
                         + (f" [{outcome.error}]" if outcome.error else ""))
         print(f"case {index:2d} {case.description}\n         " + " | ".join(line), flush=True)
 
+        # Written after every case, so a long run interrupted still leaves its finished cases.
+        _write(args.name, coarsen, per_kind, sources, cases, outcomes, complete=False)
+
     rows = per_case_rows(outcomes, cases)
     columns = ["case", "kind", "pair", "ours_mm", "ours_s", "attempts", "verdict", "sitk_mm", "sitk_s",
                "sitk_attempts", "sitk_verdict", *(f"{p}_mm" for p in PEERS if p in runners), "ours_over_best",
                "meets_target", *(f"time_vs_{p}" for p in PEERS if p in runners)]
     print()
     bc.print_table(rows, [c for c in columns if any(c in r for r in rows)])
-    summary = success_rows(outcomes)
     print()
-    bc.print_table(summary, ["method", "cases", "success_rate", "median_tre_mm", "max_tre_mm", "median_s",
-                             "recovered", "missed_failures", "false_alarms"])
+    bc.print_table(success_rows(outcomes), ["method", "cases", "success_rate", "median_tre_mm", "max_tre_mm",
+                                            "median_s", "recovered", "missed_failures", "false_alarms"])
     met = [r["meets_target"] for r in rows if "meets_target" in r]
     print(f"\nours within max({TARGET_RATIO}x best peer, {TARGET_FLOOR_MM} mm) on {sum(met)}/{len(met)} cases; "
           "time_vs_<peer> = our wall time / the peer's on the same case (< 1: faster).")
-    path = bc.write_json(args.name, {
-        "coarsen": coarsen, "per_kind": per_kind, "success_mm": bc.SUCCESS_MM, "sources": sources,
-        "target": {"ratio_to_best_peer": TARGET_RATIO, "floor_mm": TARGET_FLOOR_MM},
-        "cases": [asdict(c) for c in cases], "outcomes": [asdict(o) for o in outcomes],
-        "per_case": rows, "summary": summary,
-    })
+    path = _write(args.name, coarsen, per_kind, sources, cases, outcomes, complete=True)
     print(f"wrote {path}")
     return 0
 
