@@ -167,4 +167,5 @@ def test_one_summary_feeds_the_report_and_the_line(t1_t2_pair: synthetic.Synthet
     report = result.to_report()
     assert {key: report[key] for key in SUMMARY_FIELDS} == summary
     line = summary_line(result)
-    assert summary["verdict"].upper() in line and f"{summary['score_after']:.4g}" in line  # 4 significant digits on screen
+    # 4 significant digits on screen
+    assert summary["verdict"].upper() in line and f"{summary['score_after']:.4g}" in line
