@@ -248,6 +248,15 @@ def success_rows(outcomes: Sequence[Outcome]) -> list[dict[str, object]]:
     return rows
 
 
+def _shown(path: Path, peers: Path | None) -> str:
+    """A peer's file as written to the results: relative to the peers' folder (no machine paths)."""
+    root = peers if peers is not None else Path(os.environ.get(bc.PEERS_ENV, "."))
+    try:
+        return f"<peers>/{path.relative_to(root).as_posix()}"
+    except ValueError:
+        return path.name
+
+
 def _write(name: str, coarsen: float, per_kind: int, sources: dict[str, str], cases: Sequence[PeerCase],
            outcomes: Sequence[Outcome], *, complete: bool) -> Path:
     return bc.write_json(name, {
@@ -283,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         if elastix.availability().available:
             text, program = parameters.read_text(encoding="utf-8"), str(elastix.executable())
             runners[SLICERELASTIX] = lambda p: run_slicerelastix(p, text, program)
-            sources[SLICERELASTIX] = f"{parameters} with {elastix.availability().detail}"
+            sources[SLICERELASTIX] = f"{_shown(parameters, args.peers)} with {elastix.availability().detail}"
         else:
             print(f"{SLICERELASTIX}: column skipped, no elastix program ({elastix.availability().detail})")
     try:
@@ -297,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     if script is not None:
         stages = {large: ants_peers.synquick_rigid(script, large_image=large) for large in (False, True)}
         runners[SYNQUICK] = lambda p: run_synquick(p, stages)
-        sources[SYNQUICK] = f"{script}: {' '.join(stages[False].arguments('F', 'M', 'OUT'))}"
+        sources[SYNQUICK] = f"{_shown(script, args.peers)}: {' '.join(stages[False].arguments('F', 'M', 'OUT'))}"
     runners = {m: r for m, r in runners.items() if m in methods}
 
     kinds = [k for k in args.kinds.split(",") if k]
