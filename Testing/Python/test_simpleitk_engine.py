@@ -33,7 +33,7 @@ def _image(size: tuple[int, int, int], spacing: tuple[float, float, float]) -> s
 
 # --- the plan (pure) ---------------------------------------------------------------------------------
 
-def test_levels_refine_with_shrinking_steps_and_keep_the_presets_iteration_budget() -> None:
+def test_levels_refine_with_shrinking_steps_over_at_least_the_measured_rounds() -> None:
     for spacing in (1.0, 2.5, 6.0):
         image = _image((40, 40, 40), (spacing,) * 3)
         levels = plan_levels(EngineRequest(image, image, preset_for("T1", "T2"), sitk.Euler3DTransform()))
@@ -42,6 +42,7 @@ def test_levels_refine_with_shrinking_steps_and_keep_the_presets_iteration_budge
         for level in levels:
             steps = level.round_steps_mm
             assert all(later < earlier for earlier, later in zip(steps, steps[1:])), steps
+        # The engine's own schedule (the presets' MR budgets are smaller, tuned for elastix).
         assert [level.iterations for level in levels] == [200, 100, 50]
         # The finest level ends with steps of a fiftieth of a voxel.
         assert levels[-1].round_steps_mm[-1] == pytest.approx(0.02 * spacing)

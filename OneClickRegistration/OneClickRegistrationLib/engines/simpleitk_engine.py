@@ -49,6 +49,10 @@ _REFINE_STEP_PER_VOXEL = 0.25
 _LAST_STEP_PER_VOXEL = 0.05
 _FINEST_LAST_STEP_PER_VOXEL = 0.02
 _ROUND_ITERATIONS = 20
+# Rounds per level at least (first, middle, finest): the schedule this engine was measured with.
+# Presets may give fewer iterations (tuned for elastix); fewer rounds decay the step too fast and
+# leave too few finest rounds to average.
+_MIN_ROUNDS = (10, 5, 5)
 _FINEST_ROUND_ITERATIONS = 10
 _SAMPLES_PER_ROUND = 8192
 _FINEST_SAMPLES_PER_ROUND = 32768
@@ -94,7 +98,7 @@ def round_steps(first_mm: float, last_mm: float, rounds: int) -> tuple[float, ..
 def plan_levels(request: EngineRequest) -> tuple[LevelPlan, ...]:
     """The per-level settings (pure; tested without running a registration).
 
-    The preset's iterations per level are kept as the level's budget, split into rounds.
+    The preset's iterations per level are split into rounds, with at least ``_MIN_ROUNDS`` per level.
     """
     preset = request.preset
     fixed_spacing = request.fixed.GetSpacing()
@@ -113,14 +117,15 @@ def plan_levels(request: EngineRequest) -> tuple[LevelPlan, ...]:
         last_level = index == len(shrinks) - 1
         last = (_FINEST_LAST_STEP_PER_VOXEL if last_level else _LAST_STEP_PER_VOXEL) * target
         per_round = _FINEST_ROUND_ITERATIONS if last_level else _ROUND_ITERATIONS
-        rounds = max(1, round(int(n) / per_round))
+        least = _MIN_ROUNDS[0] if index == 0 else (_MIN_ROUNDS[2] if last_level else _MIN_ROUNDS[1])
+        rounds = max(least, round(int(n) / per_round))
         plans.append(LevelPlan(
             target_spacing_mm=target,
             fixed_factors=axis_factors(fixed_spacing, target),
             moving_factors=axis_factors(request.moving.GetSpacing(), target),
             sigma_mm=float(sigma),
             round_steps_mm=round_steps(first, min(first, last), rounds),
-            round_iterations=max(1, min(int(n), per_round)),
+            round_iterations=per_round,
             samples_per_round=_FINEST_SAMPLES_PER_ROUND if last_level else _SAMPLES_PER_ROUND,
         ))
     return tuple(plans)
