@@ -382,11 +382,12 @@ def test_host_plan_sorts_files_nodes_and_values(tmp_path):
 # --------------------------------------------------------------------------------------------------
 # The executable runner, against a stand-in program.
 #
-# FAKE, on purpose: BRAINSFit cannot be installed on this machine, so the runner is exercised with a
-# small stand-in program named BRAINSFit. It records the arguments it received and writes a valid
-# ITK linear transform file where --linearTransform says. This is the one fault-free fake allowed
-# here; everything around it (process runner, temporary folder, file formats, transform reading) is
-# the real code.
+# FAKE, on purpose, for what the real BRAINSFit (test_brainsfit_engine_run.py) cannot be made to
+# show: exit 0 without writing its transform, a non-rigid result to a rigid request, a program that
+# hangs with a child process of its own (the whole tree must be stopped), and the exact argument
+# list as received. It records the arguments it received and writes a valid ITK linear transform
+# file where --linearTransform says; everything around it (skeleton, process runner, temporary
+# folder, file formats, transform reading) is the real code.
 
 STAND_IN = '''\
 #!{python}
