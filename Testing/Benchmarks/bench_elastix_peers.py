@@ -42,7 +42,8 @@ import bench_common as bc
 
 from OneClickRegistrationLib import synthetic
 from OneClickRegistrationLib.engines.base import EngineRequest, EngineSettings, RunOptions
-from OneClickRegistrationLib.engines.elastix_engine import ElastixEngine, transform_from_parameter_file
+from OneClickRegistrationLib.engines.elastix_engine import ElastixEngine
+from OneClickRegistrationLib.engines.elastix_parameters import transform_from_parameter_file
 from OneClickRegistrationLib.preparation import initial_alignment, prepare_pair
 from OneClickRegistrationLib.presets import preset_for
 
