@@ -13,9 +13,12 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "register": "pipeline",
+    "judge_transform": "pipeline",
     "RegistrationResult": "pipeline",
+    "RegistrationOptions": "options",
+    "ImageInfo": "options",
+    "Attempt": "attempts",
     "score": "metrics",
-    "score_resampled": "metrics",
     "ScoreResult": "metrics",
     "detect_modality": "modality",
     "preset_for": "presets",

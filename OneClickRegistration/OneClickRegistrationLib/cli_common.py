@@ -1,53 +1,68 @@
-"""Pieces shared by the command-line entry points: error handling and a terminal progress line."""
+"""Pieces shared by the command-line entry points: parser, error handling and a terminal progress line."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from .errors import OneClickError
+from .errors import OneClickError, first_line
+from .interrupts import exit_code
+from .modality import Modality
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
+MODALITY_CHOICES = [m.value for m in Modality]
+
+# Kept under its former name for the sub-commands that still import it.
+one_line = first_line
+
 
 class QuietParser(argparse.ArgumentParser):
-    """argparse that reports usage errors as one line (plus usage) with exit code 2."""
+    """argparse that reports a usage error as one line with exit code 2 (not the whole usage block)."""
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return " ".join(text.splitlines()[:1]) if text else type(error).__name__
+def guarded(
+    run: Callable[[], int],
+    *,
+    prog: str = "oneclick-register",
+    unexpected: tuple[type[BaseException], ...] = (),
+) -> int:
+    """Run a command; documented errors become a one-line message and exit code 2, never a traceback.
 
-
-def guarded(run: Callable[[], int]) -> int:
-    """Run a command; documented errors become a one-line message and exit code 2, never a traceback."""
+    ``unexpected`` lists further exception types shown the same way, with their type name (a
+    command that hands user files straight to ITK or the file system lists ``RuntimeError, OSError``).
+    """
     try:
         return run()
     except OneClickError as exc:
-        print(f"oneclick-register: error: {one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {first_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("oneclick-register: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM turned into one by interrupts.py
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return exit_code(interrupt)
+    except unexpected as exc:
+        print(f"{prog}: error: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 class TerminalProgress:
-    """Prints progress on one updating line when stderr is a terminal, else every 10%."""
+    """Prints progress on one updating line when stderr is a terminal, else every 10% and each new stage."""
 
     def __init__(self, prefix: str = "", *, enabled: bool = True) -> None:
         self.prefix = prefix
         self.enabled = enabled
         self._tty = sys.stderr.isatty()
         self._last_decile = -1
+        self._last_stage = ""
 
     def __call__(self, fraction: float, message: str) -> None:
         if not self.enabled:
@@ -64,6 +79,7 @@ class TerminalProgress:
                 print(file=sys.stderr)
             return
         decile = int(fraction * 10)
-        if decile != self._last_decile:
-            self._last_decile = decile
+        stage = re.sub(r"[\d.]+", "#", message)  # a new stage (not a new count) always gets its line
+        if decile != self._last_decile or stage != self._last_stage:
+            self._last_decile, self._last_stage = decile, stage
             print(f"{self.prefix}{fraction:4.0%} {message}", file=sys.stderr, flush=True)

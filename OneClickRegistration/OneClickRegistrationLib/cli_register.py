@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
-from .cli_common import EXIT_OK, QuietParser, TerminalProgress, guarded
+from .cli_common import EXIT_OK, MODALITY_CHOICES, QuietParser, TerminalProgress, guarded
 from .engines import ENGINE_NAMES
 from .images import read_image
-from .modality import Modality, metadata_from_file
+from .modality import metadata_from_file
+from .options import ImageInfo, RegistrationOptions, from_shortcuts
+from .output_folder import check_output_folder
 from .outputs import write_outputs
 from .pipeline import RegistrationResult, register
 
-MODALITY_CHOICES = [m.value for m in Modality]
-
 
 def add_registration_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by the single-pair and the batch commands."""
+    """Options shared by the single-pair and the batch commands (read back by :func:`options_from_args`)."""
     parser.add_argument(
         "--engine", choices=ENGINE_NAMES, help="engine to use (default: the preset's first installed)"
     )
@@ -28,9 +29,22 @@ def add_registration_options(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=None, metavar="S", help="engine time limit in seconds"
     )
     parser.add_argument(
-        "--keep-temp", action="store_true", help="keep the engine's temporary folder (debugging)"
+        "--keep-temp", action="store_true",
+        help="keep the engine's temporary folder (debugging); its path is printed and in report.json",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def options_from_args(args: argparse.Namespace, *, progress_prefix: str = "") -> RegistrationOptions:
+    """The :class:`RegistrationOptions` the options of :func:`add_registration_options` ask for."""
+    return RegistrationOptions(
+        engine=args.engine,
+        transform=args.transform,
+        recover=not args.no_recover,
+        timeout_s=args.timeout,
+        keep_temp=args.keep_temp,
+        progress=TerminalProgress(progress_prefix, enabled=not args.quiet),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,9 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="oneclick-register",
         description="Register MOVING onto FIXED with one click and write the results to OUTDIR.",
     )
-    parser.add_argument("fixed", type=Path)
-    parser.add_argument("moving", type=Path)
-    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
+    parser.add_argument("fixed", type=Path, metavar="FIXED", help="fixed image file (NRRD, NIfTI, MHA, ...)")
+    parser.add_argument("moving", type=Path, metavar="MOVING", help="moving image file")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR",
+                        help="folder for transform.tfm, registered.nrrd, report.json and overlay.png")
     parser.add_argument("--fixed-modality", choices=MODALITY_CHOICES, type=str.upper)
     parser.add_argument("--moving-modality", choices=MODALITY_CHOICES, type=str.upper)
     parser.add_argument("--fixed-volume-index", type=int, default=None, help="volume of a 4D fixed file")
@@ -54,18 +69,21 @@ def register_files(
     moving_path: Path,
     outdir: Path,
     *,
-    fixed_modality: str | None = None,
-    moving_modality: str | None = None,
-    engine: str | None = None,
-    transform: str = "rigid",
-    recover: bool = True,
-    timeout_s: float | None = None,
-    keep_temp: bool = False,
+    options: RegistrationOptions | None = None,
     fixed_volume_index: int | None = None,
     moving_volume_index: int | None = None,
-    progress: TerminalProgress | None = None,
+    **shortcuts: Any,
 ) -> RegistrationResult:
-    """Read two files, register them and write the outputs (used by the single and batch commands)."""
+    """Read two files, register them and write the outputs (used by the single and batch commands).
+
+    ``options`` and the keyword shortcuts (``engine=``, ``fixed_modality=``, ...) are those of
+    :func:`~.pipeline.register`; the file names and headers fill in what the shortcuts leave open.
+    """
+    options, fixed_info, moving_info = from_shortcuts(options, None, None, shortcuts)
+    check_output_folder(outdir)  # before any work: not after a whole registration
+    progress = options.progress
+    if progress is not None and fixed_path.is_file() and moving_path.is_file():  # else: one error line only
+        progress(0.0, f"Reading {fixed_path.name} and {moving_path.name}")
     fixed = read_image(fixed_path, role="fixed image", volume_index=fixed_volume_index,
                        index_option="--fixed-volume-index")
     moving = read_image(moving_path, role="moving image", volume_index=moving_volume_index,
@@ -73,33 +91,44 @@ def register_files(
     result = register(
         fixed,
         moving,
-        fixed_modality=fixed_modality,
-        moving_modality=moving_modality,
-        engine=engine,
-        transform=transform,  # type: ignore[arg-type]
-        progress=progress,
-        fixed_name=fixed_path.name,
-        moving_name=moving_path.name,
-        fixed_metadata=metadata_from_file(fixed_path),
-        moving_metadata=metadata_from_file(moving_path),
-        keep_temp=keep_temp,
-        timeout_s=timeout_s,
-        recover=recover,
+        options=options,
+        fixed_info=_from_file(fixed_info, fixed_path),
+        moving_info=_from_file(moving_info, moving_path),
     )
+    if progress is not None:
+        progress(1.0, f"Writing the outputs to {outdir}")
     write_outputs(
         result, fixed, outdir, extra={"fixed_file": str(fixed_path), "moving_file": str(moving_path)}
     )
     return result
 
 
-def summary_line(result: RegistrationResult) -> str:
-    before = "n/a" if result.score_before.value is None else f"{result.score_before.value:.4f}"
-    after = "n/a" if result.score_after.value is None else f"{result.score_after.value:.4f}"
-    return (
-        f"{result.moving_modality.modality.value} -> {result.fixed_modality.modality.value} "
-        f"with {result.engine} ({result.preset.name}): {result.metric.upper()} {before} -> {after}, "
-        f"verdict {result.verdict.label.upper()}, {result.elapsed_s:.1f} s"
+def _from_file(info: ImageInfo, path: Path) -> ImageInfo:
+    return ImageInfo(
+        name=info.name or path.name,
+        metadata=info.metadata if info.metadata is not None else metadata_from_file(path),
+        modality=info.modality,
+        mask=info.mask,
     )
+
+
+def summary_line(result: RegistrationResult) -> str:
+    """The result's summary in one line of text (scores to 4 significant digits)."""
+    row = result.summary()
+    before, after = ("n/a" if row[key] is None else f"{row[key]:.4g}" for key in ("score_before", "score_after"))
+    return (
+        f"{row['moving_modality']} -> {row['fixed_modality']} with {row['engine']} ({row['preset']}): "
+        f"{row['metric'].upper()} {before} -> {after}, verdict {row['verdict'].upper()}, {row['elapsed_s']:.1f} s"
+    )
+
+
+def print_result(result: RegistrationResult) -> None:
+    """The summary, the verdict's reasons and the notes (which engine ran when the preferred one could not)."""
+    print(summary_line(result))
+    for reason in result.verdict.reasons:
+        print(f"  - {reason}")
+    for note in result.notes:
+        print(f"  Note: {note}")
 
 
 def main(argv: list[str]) -> int:
@@ -110,20 +139,15 @@ def main(argv: list[str]) -> int:
             args.fixed,
             args.moving,
             args.output,
+            options=options_from_args(args),
             fixed_modality=args.fixed_modality,
             moving_modality=args.moving_modality,
-            engine=args.engine,
-            transform=args.transform,
-            recover=not args.no_recover,
-            timeout_s=args.timeout,
-            keep_temp=args.keep_temp,
             fixed_volume_index=args.fixed_volume_index,
             moving_volume_index=args.moving_volume_index,
-            progress=TerminalProgress(enabled=not args.quiet),
         )
-        print(summary_line(result))
-        for reason in result.verdict.reasons:
-            print(f"  - {reason}")
+        print_result(result)
+        for folder in result.kept_temp_dirs:
+            print(f"Engine work folder kept in {folder}")
         print(f"Outputs in {args.output}")
         return EXIT_OK
 

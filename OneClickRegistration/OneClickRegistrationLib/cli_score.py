@@ -10,28 +10,21 @@ import argparse
 import json
 import os
 import sys
-from typing import NoReturn
 
 import SimpleITK as sitk
 
 from . import metrics
-from .errors import OneClickError
+from .cli_common import EXIT_OK, MODALITY_CHOICES, QuietParser, guarded
 from .images import read_image, read_transform
 from .masks import head_mask
+from .pipeline import judge_transform
 
 PROG = "oneclick-register score"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error message (argparse's default prints the usage block too)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``score`` parser; other commands may add options to it before parsing."""
-    parser = _Parser(
+    parser = QuietParser(
         prog=PROG,
         description="Score how well MOVING, seen through TRANSFORM, matches FIXED. The score is "
                     "computed only where both images have data (and inside the masks).",
@@ -57,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verdict", action="store_true",
                         help="also judge the transform (good / questionable / failed, with reasons), the way "
                              "registrations are judged: with the pair's preset metric on the prepared images")
-    parser.add_argument("--fixed-modality", type=str.upper, choices=["T1", "T2", "FLAIR", "CT", "MR"],
+    parser.add_argument("--fixed-modality", type=str.upper, choices=MODALITY_CHOICES,
                         help="fixed modality for --verdict (default: detected)")
-    parser.add_argument("--moving-modality", type=str.upper, choices=["T1", "T2", "FLAIR", "CT", "MR"],
+    parser.add_argument("--moving-modality", type=str.upper, choices=MODALITY_CHOICES,
                         help="moving modality for --verdict (default: detected)")
     return parser
 
@@ -75,8 +68,6 @@ def compute(args: argparse.Namespace) -> dict[str, object]:
                            moving_mask=moving_mask, bins=args.bins, min_overlap_fraction=args.min_overlap)
     judged: dict[str, object] = {}
     if getattr(args, "verdict", False):
-        from .pipeline import judge_transform
-
         judgement = judge_transform(fixed, moving, transform if transform is not None else sitk.Transform(),
                                     fixed_modality=args.fixed_modality, moving_modality=args.moving_modality,
                                     fixed_name=str(args.fixed), moving_name=str(args.moving))
@@ -84,10 +75,9 @@ def compute(args: argparse.Namespace) -> dict[str, object]:
             "verdict": judgement.verdict.label,
             "verdict_reasons": list(judgement.verdict.reasons),
             "verdict_evidence": dict(judgement.verdict.evidence),
-            "verdict_metric": judgement.metric,
-            "verdict_score_identity": judgement.score_before.value,
-            "verdict_score": judgement.score_after.value,
-            "preset": judgement.preset.name,
+            # the same summary as report.json and the registration's one-line summary (preset,
+            # preset metric, score without and with the transform, ...)
+            "judgement": judgement.summary(),
         }
     return {
         **result.to_dict(),
@@ -108,20 +98,14 @@ def _mask(path: str | None, role: str, image: sitk.Image, auto: bool) -> sitk.Im
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def run() -> int:
         payload = compute(args)
-    except OneClickError as exc:
-        return _fail(str(exc))
-    except (RuntimeError, OSError) as exc:  # ITK or the file system refused something the checks let through
-        return _fail(f"{type(exc).__name__}: {exc}")
-    try:
-        print(json.dumps(payload, indent=2), flush=True)
-    except BrokenPipeError:  # the reader went away (``| head``): not an error worth a traceback
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
+        try:
+            print(json.dumps(payload, indent=2), flush=True)
+        except BrokenPipeError:  # the reader went away (``| head``): not an error worth a traceback
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
-
-def _fail(message: str) -> int:
-    one_line = " ".join(message.split())
-    print(f"{PROG}: error: {one_line}", file=sys.stderr)
-    return 2
+    # RuntimeError, OSError: ITK or the file system refused something the checks let through.
+    return guarded(run, prog=PROG, unexpected=(RuntimeError, OSError))

@@ -13,16 +13,23 @@ import shutil
 import struct
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from .errors import InputError, itk_reason
 
 MIN_VOXELS_PER_AXIS = 4  # fewer than this and no pyramid level or gradient makes sense
+# Relative to the voxel spacing: float32 round-off in file headers passes, a wrong grid does not.
+GRID_TOLERANCE = 1e-4
+# Pixel types whose every value float32 holds exactly (8/16-bit integers, float32): they can be
+# handled as float32 (half the memory and time) without losing precision.
+EXACT_IN_FLOAT32 = frozenset({
+    sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16, sitk.sitkUInt16, sitk.sitkFloat32,
+})
 
 
 def describe(image: sitk.Image) -> str:
@@ -33,6 +40,32 @@ def describe(image: sitk.Image) -> str:
         f"{image.GetDimension()}D {image.GetPixelIDTypeAsString()} image, size {size}, "
         f"{image.GetNumberOfComponentsPerPixel()} component(s), spacing {spacing} mm"
     )
+
+
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    """True when two images share size, spacing, origin and direction (up to header round-off)."""
+    if a.GetSize() != b.GetSize():
+        return False
+    spacing_a, spacing_b = np.asarray(a.GetSpacing()), np.asarray(b.GetSpacing())
+    tol = GRID_TOLERANCE * float(spacing_a.min())
+    return (np.allclose(spacing_a, spacing_b, rtol=GRID_TOLERANCE, atol=0.0)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0.0, atol=tol)
+            and np.allclose(a.GetDirection(), b.GetDirection(), rtol=0.0, atol=GRID_TOLERANCE))
+
+
+def grid_center(image: sitk.Image) -> np.ndarray:
+    """Physical (LPS) position of the centre of an image's voxel grid."""
+    size = np.asarray(image.GetSize(), dtype=float)
+    return np.asarray(image.TransformContinuousIndexToPhysicalPoint(((size - 1.0) / 2.0).tolist()))
+
+
+def grid_text(image: sitk.Image) -> str:
+    """An image's voxel grid in words (size, spacing, origin, direction), for error messages."""
+    def fmt(values: Sequence[float]) -> str:
+        return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
+
+    return (f"size {'x'.join(str(s) for s in image.GetSize())}, spacing {fmt(image.GetSpacing())}, "
+            f"origin {fmt(image.GetOrigin())}, direction {fmt(image.GetDirection())}")
 
 
 def check_volume(image: sitk.Image, *, role: str = "image") -> sitk.Image:
@@ -114,10 +147,9 @@ def read_image(
     try:
         image = _read_with_itk(file)
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
         raise InputError(
             f"Cannot read the {role} file {str(file)!r} as an image (expected NRRD, NIfTI, MHA or "
-            f"another format ITK reads): {first_line}"
+            f"another format ITK reads): {itk_reason(exc)}"
         ) from None
     image = _with_nifti_nonfinite(file, image)
     if image.GetDimension() == 4:
@@ -225,11 +257,7 @@ def _write_error(target: Path, exc: BaseException) -> InputError:
     if isinstance(exc, _UnfaithfulWriteError):
         return InputError(f"Cannot write {str(target)!r}: {exc} Choose another format (NRRD or MHA keep "
                           "every geometry and pixel type).")
-    if isinstance(exc, OSError):
-        reason = exc.strerror or str(exc)
-    else:
-        text = str(exc).strip()
-        reason = text.splitlines()[-1].removeprefix("Reason: ") if text else type(exc).__name__
+    reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else itk_reason(exc)
     return InputError(
         f"Cannot write {str(target)!r}: {reason}. Expected a writable folder with free space "
         f"({str(target.parent)!r})."
@@ -317,9 +345,8 @@ def read_transform(path: str | os.PathLike[str]) -> sitk.Transform:
     try:
         transform = sitk.ReadTransform(str(file))
     except RuntimeError as exc:
-        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
         raise InputError(
-            f"Cannot read {str(file)!r} as an ITK transform (.tfm, .txt, .mat or .h5): {last}"
+            f"Cannot read {str(file)!r} as an ITK transform (.tfm, .txt, .mat or .h5): {itk_reason(exc)}"
         ) from None
     if transform.GetDimension() != 3:
         raise InputError(

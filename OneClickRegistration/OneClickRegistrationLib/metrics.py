@@ -37,16 +37,16 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, overload
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .images import check_volume
+from .images import EXACT_IN_FLOAT32, check_volume, grid_text, same_grid
 
 Metric = Literal["ncc", "mi", "nmi"]
 ScoreStatus = Literal["ok", "empty_overlap", "small_overlap", "zero_variance"]
@@ -69,17 +69,10 @@ _SCALAR_PIXEL_IDS = frozenset({
     sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16, sitk.sitkUInt16, sitk.sitkInt32, sitk.sitkUInt32,
     sitk.sitkInt64, sitk.sitkUInt64, sitk.sitkFloat32, sitk.sitkFloat64,
 })
-# Relative to the voxel spacing: float32 round-off in file headers passes, a wrong grid does not.
-_GRID_TOLERANCE = 1e-4
 _CHUNK = 1 << 17  # voxels per block: the float64 work buffers stay in cache
 _BOX_WORTH_IT = 0.9  # resample only the fixed mask's bounding box when it is smaller than this share
 _PARALLEL_MIN_VOXELS = 1 << 21  # below this, starting threads costs more than it saves
 _SAMPLE_TARGET = 1 << 16  # voxels in the strided sample used for the median shift and the bin range
-# Pixel types whose every value float32 holds exactly: resampled as float32 (half the memory and
-# time); the others (32/64-bit integers, float64) are resampled as float64 so no precision is lost.
-_EXACT_IN_FLOAT32 = frozenset({
-    sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16, sitk.sitkUInt16, sitk.sitkFloat32,
-})
 _OVERFLOW_RISK = 1e300
 
 
@@ -124,34 +117,70 @@ class ScoreResult:
 # Public API
 
 
-def score(fixed: sitk.Image, moving: sitk.Image, *, transform: sitk.Transform | None = None,
-          metric: str = "ncc", fixed_mask: sitk.Image | None = None,
-          moving_mask: sitk.Image | None = None,
+@overload
+def score(fixed: sitk.Image, moving: sitk.Image | np.ndarray, *, metric: str = ...,
+          transform: sitk.Transform | None = ..., fixed_mask: sitk.Image | None = ...,
+          moving_mask: sitk.Image | None = ..., resampled: bool = ...,
+          valid_mask: sitk.Image | np.ndarray | None = ..., min_overlap_fraction: float = ...,
+          min_overlap_voxels: int = ..., bins: int = ...) -> ScoreResult: ...
+
+
+@overload
+def score(fixed: sitk.Image, moving: sitk.Image | np.ndarray, *, metric: Iterable[str],
+          transform: sitk.Transform | None = ..., fixed_mask: sitk.Image | None = ...,
+          moving_mask: sitk.Image | None = ..., resampled: bool = ...,
+          valid_mask: sitk.Image | np.ndarray | None = ..., min_overlap_fraction: float = ...,
+          min_overlap_voxels: int = ..., bins: int = ...) -> dict[str, ScoreResult]: ...
+
+
+def score(fixed: sitk.Image, moving: sitk.Image | np.ndarray, *, metric: str | Iterable[str] = "ncc",
+          transform: sitk.Transform | None = None, fixed_mask: sitk.Image | None = None,
+          moving_mask: sitk.Image | None = None, resampled: bool = False,
+          valid_mask: sitk.Image | np.ndarray | None = None,
           min_overlap_fraction: float = DEFAULT_MIN_OVERLAP_FRACTION,
-          min_overlap_voxels: int = DEFAULT_MIN_OVERLAP_VOXELS, bins: int = DEFAULT_BINS) -> ScoreResult:
-    """Score ``moving`` (seen through ``transform``) against ``fixed`` with one metric.
+          min_overlap_voxels: int = DEFAULT_MIN_OVERLAP_VOXELS,
+          bins: int = DEFAULT_BINS) -> ScoreResult | dict[str, ScoreResult]:
+    """Score ``moving`` (seen through ``transform``) against ``fixed``.
 
-    ``transform`` maps fixed points to moving points (None: identity). ``fixed_mask`` must lie on the
-    fixed grid, ``moving_mask`` on the moving grid; nonzero voxels are foreground.
+    ``metric`` is one name (returns a :class:`ScoreResult`) or several (returns them keyed by
+    name, all from one resampling and one pass over the overlap). ``transform`` maps fixed points
+    to moving points (None: identity). ``fixed_mask`` must lie on the fixed grid, ``moving_mask``
+    on the moving grid; nonzero voxels are foreground.
+
+    ``resampled=True``: ``moving`` is already on the fixed grid (an image, or an array in numpy
+    z, y, x order) and ``valid_mask`` (a boolean array, or a mask image on the fixed grid) marks
+    the voxels that were sampled inside the moving image's domain, as :func:`resample_with_validity`
+    returns it; fold a resampled moving mask into it. None means every voxel is valid. Whatever
+    value the resampler wrote outside the domain is never read.
     """
-    name = _metric_names([metric])[0]
-    return score_many(fixed, moving, transform=transform, metrics=(name,), fixed_mask=fixed_mask,
-                      moving_mask=moving_mask, min_overlap_fraction=min_overlap_fraction,
-                      min_overlap_voxels=min_overlap_voxels, bins=bins)[name]
-
-
-def score_many(fixed: sitk.Image, moving: sitk.Image, *, transform: sitk.Transform | None = None,
-               metrics: Iterable[str] = METRICS, fixed_mask: sitk.Image | None = None,
-               moving_mask: sitk.Image | None = None,
-               min_overlap_fraction: float = DEFAULT_MIN_OVERLAP_FRACTION,
-               min_overlap_voxels: int = DEFAULT_MIN_OVERLAP_VOXELS,
-               bins: int = DEFAULT_BINS) -> dict[str, ScoreResult]:
-    """Several metrics from one resampling and one pass over the overlap; keyed by metric name."""
-    names = _metric_names(metrics)
+    names = _metric_names(metric)
     options = _Options.checked(min_overlap_fraction, min_overlap_voxels, bins)
     check_volume(fixed, role="fixed image")
-    check_volume(moving, role="moving image")
     _check_scalar(fixed, "fixed image")
+    if resampled:
+        if transform is not None or moving_mask is not None:
+            raise InputError("A moving image already on the fixed grid takes no transform and no moving mask "
+                             "(fold the resampled moving mask into valid_mask); received "
+                             + " and ".join(n for n, v in (("a transform", transform),
+                                                           ("a moving mask", moving_mask)) if v is not None)
+                             + ".")
+        results = _score_on_fixed_grid(fixed, moving, valid_mask, fixed_mask, names, options)
+    else:
+        if valid_mask is not None:
+            raise InputError("valid_mask applies only to a moving image already on the fixed grid "
+                             "(resampled=True); received a valid_mask with resampled=False.")
+        if not isinstance(moving, sitk.Image):
+            raise InputError(f"The moving image must be a SimpleITK image; received {type(moving).__name__} "
+                             "(an array already on the fixed grid needs resampled=True).")
+        results = _score_through(fixed, moving, transform, fixed_mask, moving_mask, names, options)
+    return results[names[0]] if isinstance(metric, str) else results
+
+
+def _score_through(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform | None,
+                   fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None, names: list[str],
+                   options: _Options) -> dict[str, ScoreResult]:
+    """Resample ``moving`` onto the fixed grid (only the fixed mask's bounding box) and score it."""
+    check_volume(moving, role="moving image")
     _check_scalar(moving, "moving image")
     transform = _checked_transform(transform)
     fixed_in = _mask_array(fixed_mask, fixed, "fixed mask", "fixed image") if fixed_mask is not None else None
@@ -170,38 +199,12 @@ def score_many(fixed: sitk.Image, moving: sitk.Image, *, transform: sitk.Transfo
                          moving_checked_finite=finite_inside)
 
 
-def score_resampled(fixed: sitk.Image, resampled_moving: sitk.Image | np.ndarray,
-                    valid_mask: sitk.Image | np.ndarray | None, *, metric: str = "ncc",
-                    fixed_mask: sitk.Image | None = None,
-                    min_overlap_fraction: float = DEFAULT_MIN_OVERLAP_FRACTION,
-                    min_overlap_voxels: int = DEFAULT_MIN_OVERLAP_VOXELS,
-                    bins: int = DEFAULT_BINS) -> ScoreResult:
-    """Score a moving image that is already on the fixed grid.
-
-    ``valid_mask`` (boolean array in numpy z, y, x order, or a mask image on the fixed grid) marks the
-    voxels that were sampled inside the moving image's domain, as :func:`resample_with_validity`
-    returns it; fold a resampled moving mask into it. None means every voxel is valid. Whatever value
-    the resampler wrote outside the domain is never read.
-    """
-    name = _metric_names([metric])[0]
-    return score_many_resampled(fixed, resampled_moving, valid_mask, metrics=(name,), fixed_mask=fixed_mask,
-                                min_overlap_fraction=min_overlap_fraction,
-                                min_overlap_voxels=min_overlap_voxels, bins=bins)[name]
-
-
-def score_many_resampled(fixed: sitk.Image, resampled_moving: sitk.Image | np.ndarray,
-                         valid_mask: sitk.Image | np.ndarray | None, *, metrics: Iterable[str] = METRICS,
-                         fixed_mask: sitk.Image | None = None,
-                         min_overlap_fraction: float = DEFAULT_MIN_OVERLAP_FRACTION,
-                         min_overlap_voxels: int = DEFAULT_MIN_OVERLAP_VOXELS,
-                         bins: int = DEFAULT_BINS) -> dict[str, ScoreResult]:
-    """:func:`score_resampled` for several metrics in one pass."""
-    names = _metric_names(metrics)
-    options = _Options.checked(min_overlap_fraction, min_overlap_voxels, bins)
-    check_volume(fixed, role="fixed image")
-    _check_scalar(fixed, "fixed image")
+def _score_on_fixed_grid(fixed: sitk.Image, moving: sitk.Image | np.ndarray,
+                         valid_mask: sitk.Image | np.ndarray | None, fixed_mask: sitk.Image | None,
+                         names: list[str], options: _Options) -> dict[str, ScoreResult]:
+    """Score a moving image that is already on the fixed grid, where ``valid_mask`` says it has data."""
     fixed_array = sitk.GetArrayViewFromImage(fixed)
-    moving_array = _on_fixed_grid(resampled_moving, fixed, "resampled moving image")
+    moving_array = _on_fixed_grid(moving, fixed, "resampled moving image")
     if valid_mask is None:
         valid = None
     elif isinstance(valid_mask, sitk.Image):
@@ -235,7 +238,7 @@ def resample_with_validity(fixed: sitk.Image, moving: sitk.Image, transform: sit
 def _resample(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
               interpolator: int) -> tuple[sitk.Image, np.ndarray, bool]:
     """:func:`resample_with_validity` plus whether every valid resampled value is known finite."""
-    pixel_type = sitk.sitkFloat32 if moving.GetPixelID() in _EXACT_IN_FLOAT32 else sitk.sitkFloat64
+    pixel_type = sitk.sitkFloat32 if moving.GetPixelID() in EXACT_IN_FLOAT32 else sitk.sitkFloat64
     finite = _moving_known_finite(moving)
     source = moving
     if not finite:
@@ -296,7 +299,7 @@ def _integer(value: object, name: str) -> int:
 
 
 def _metric_names(metrics: Iterable[str] | str) -> list[str]:
-    if isinstance(metrics, str):
+    if isinstance(metrics, str) or not isinstance(metrics, Iterable):
         metrics = [metrics]
     names: list[str] = []
     for metric in metrics:
@@ -329,35 +332,21 @@ def _checked_transform(transform: sitk.Transform | None) -> sitk.Transform:
     return transform
 
 
-def _grid_text(image: sitk.Image) -> str:
-    def fmt(values: Sequence[float]) -> str:
-        return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
-
-    return (f"size {'x'.join(str(s) for s in image.GetSize())}, spacing {fmt(image.GetSpacing())}, "
-            f"origin {fmt(image.GetOrigin())}, direction {fmt(image.GetDirection())}")
-
-
-def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    """True when two images share size, spacing, origin and direction (up to header round-off)."""
-    if a.GetSize() != b.GetSize():
-        return False
-    spacing_a, spacing_b = np.asarray(a.GetSpacing()), np.asarray(b.GetSpacing())
-    tol = _GRID_TOLERANCE * float(spacing_a.min())
-    return (np.allclose(spacing_a, spacing_b, rtol=_GRID_TOLERANCE, atol=0.0)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0.0, atol=tol)
-            and np.allclose(a.GetDirection(), b.GetDirection(), rtol=0.0, atol=_GRID_TOLERANCE))
+def _values_on_grid(image: sitk.Image, reference: sitk.Image, role: str, reference_role: str) -> np.ndarray:
+    """The (z, y, x) values of ``image``, a scalar volume that must lie on ``reference``'s grid."""
+    check_volume(image, role=role)
+    _check_scalar(image, role)
+    if not same_grid(image, reference):
+        raise InputError(
+            f"The {role} must lie on the {reference_role}'s voxel grid. {role.capitalize()}: "
+            f"{grid_text(image)}; {reference_role}: {grid_text(reference)}."
+        )
+    return sitk.GetArrayViewFromImage(image)
 
 
 def _mask_array(mask: sitk.Image, reference: sitk.Image, role: str, reference_role: str) -> np.ndarray:
     """Boolean (z, y, x) foreground of ``mask``, which must lie on ``reference``'s grid."""
-    check_volume(mask, role=role)
-    _check_scalar(mask, role)
-    if not same_grid(mask, reference):
-        raise InputError(
-            f"The {role} must lie on the {reference_role}'s voxel grid. {role.capitalize()}: "
-            f"{_grid_text(mask)}; {reference_role}: {_grid_text(reference)}."
-        )
-    values = sitk.GetArrayViewFromImage(mask)
+    values = _values_on_grid(mask, reference, role, reference_role)
     if values.dtype.kind == "f" and not np.all((values == 0) | (values == 1)):
         raise InputError(
             f"The {role} has a floating-point pixel type, so it must contain only 0 and 1; it has other "
@@ -375,14 +364,7 @@ def _resample_mask(mask: sitk.Image, fixed: sitk.Image, transform: sitk.Transfor
 def _on_fixed_grid(data: sitk.Image | np.ndarray, fixed: sitk.Image, role: str) -> np.ndarray:
     shape = tuple(reversed(fixed.GetSize()))
     if isinstance(data, sitk.Image):
-        check_volume(data, role=role)
-        _check_scalar(data, role)
-        if not same_grid(data, fixed):
-            raise InputError(
-                f"The {role} must lie on the fixed image's voxel grid. {role.capitalize()}: "
-                f"{_grid_text(data)}; fixed image: {_grid_text(fixed)}."
-            )
-        return sitk.GetArrayViewFromImage(data)
+        return _values_on_grid(data, fixed, role, "fixed image")
     if not isinstance(data, np.ndarray):
         raise InputError(
             f"The {role} must be a SimpleITK image or a numpy array; received {type(data).__name__}.")

@@ -1,60 +1,75 @@
 """The one-click pipeline: two volumes in, an aligned result with a score and a verdict out.
 
 ``register`` detects the modality pair, looks up its preset, prepares the images, initializes,
-runs the first installed engine of the preset, scores the result on the domain intersection and
-judges it; when the verdict is not ``good`` it tries further candidates (see :mod:`.recovery`) and
-keeps the best-scoring one. The caller's images are never modified.
+runs the first installed engine of the preset (one :class:`~.attempts.Attempt`), scores the result
+on the domain intersection and judges it; when the verdict is not ``good`` it tries further
+candidates (see :mod:`.recovery`) and keeps the best-scoring attempt. ``judge_transform`` judges a
+transform made elsewhere through the same assessment. The caller's images are never modified.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import SimpleITK as sitk
 
 from . import __version__
+from .attempts import Attempt, assess, judged, run_attempt, score_on
 from .engines import get_engine
-from .engines.base import CancelCheck, EngineRequest, ProgressCallback, RunOptions, TransformKind
-from .errors import CancelledError, EngineError, EngineUnavailableError, InputError
+from .engines.base import ProgressCallback, TransformKind
+from .errors import CancelledError, EngineError, EngineUnavailableError, raise_if_cancelled
 from .images import check_registrable
-from .metrics import ScoreResult, score
+from .metrics import ScoreResult
 from .modality import ModalityEvidence, detect_modality, metadata_from_image
+from .options import ImageInfo, RegistrationOptions, from_shortcuts
 from .preparation import PreparedPair, check_pyramid, initial_alignment, prepare_pair
 from .presets import Preset, preset_for
+from .recovery import recover
 from .transforms import to_matrix
-from .verdict import Verdict, judge
+from .verdict import Verdict
 
 FALLBACK_ENGINE = "simpleitk"  # embedded, so one click always has an engine
+ENGINE_LOG_TAIL = 20  # engine log lines kept in report.json: enough to see how the engine ended
+
+# The flat, ordered summary of a result (``RegistrationResult.summary``): every tabular rendering
+# (report.json's head, the command line's summary, batch CSV rows, the Slicer results table) uses
+# these keys in this order.
+SUMMARY_FIELDS: tuple[str, ...] = (
+    "fixed",
+    "moving",
+    "fixed_modality",
+    "moving_modality",
+    "preset",
+    "engine",
+    "transform_kind",
+    "metric",
+    "score_before",
+    "score_after",
+    "verdict",
+    "reasons",
+    "elapsed_s",
+    "status",
+    "error",
+    "kept_temp_dir",
+)
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """One registration tried on the pair (the first run, or a recovery candidate)."""
-
-    engine: str
-    start: str  # how it was initialized, in words
-    score: float | None
-    verdict: str | None
-    elapsed_s: float
-    error: str = ""
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "engine": self.engine,
-            "start": self.start,
-            "score": self.score,
-            "verdict": self.verdict,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "error": self.error,
-        }
+def failure_summary(fixed: str, moving: str, error: str, *, status: str = "error") -> dict[str, Any]:
+    """A summary row (same keys as :meth:`RegistrationResult.summary`) for a pair that gave no result."""
+    row: dict[str, Any] = dict.fromkeys(SUMMARY_FIELDS)
+    row.update(fixed=fixed, moving=moving, status=status, error=error)
+    return row
 
 
 @dataclass(frozen=True)
 class RegistrationResult:
-    """Everything a registration produced. ``transform`` is ITK fixed->moving (LPS)."""
+    """Everything a registration produced. ``transform`` is ITK fixed->moving (LPS).
+
+    ``log`` is the kept attempt's engine log; ``kept_temp_dirs`` lists the engines' work folders
+    kept on request (``keep_temp``), in attempt order.
+    """
 
     transform: sitk.Transform
     registered: sitk.Image
@@ -69,37 +84,54 @@ class RegistrationResult:
     attempts: tuple[Attempt, ...] = ()
     log: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+    fixed_name: str | None = None
+    moving_name: str | None = None
+    kept_temp_dirs: tuple[str, ...] = ()
 
     @property
     def metric(self) -> str:
         return self.score_after.metric
 
-    def to_report(self) -> dict[str, Any]:
-        """A JSON-ready summary (``report.json``)."""
+    def summary(self) -> dict[str, Any]:
+        """The result as one flat, ordered row (keys: :data:`SUMMARY_FIELDS`, in that order)."""
         return {
-            "version": __version__,
+            "fixed": self.fixed_name or "",
+            "moving": self.moving_name or "",
             "fixed_modality": self.fixed_modality.modality.value,
             "moving_modality": self.moving_modality.modality.value,
-            "modality_evidence": {
-                "fixed": self.fixed_modality.to_dict(),
-                "moving": self.moving_modality.to_dict(),
-            },
             "preset": self.preset.name,
-            "preset_description": self.preset.describe(),
             "engine": self.engine,
             "transform_kind": self.preset.transform,
             "metric": self.metric,
             "score_before": self.score_before.value,
             "score_after": self.score_after.value,
+            "verdict": self.verdict.label,
+            "reasons": "; ".join(self.verdict.reasons),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "status": "ok",
+            "error": "",
+            "kept_temp_dir": "; ".join(self.kept_temp_dirs),
+        }
+
+    def to_report(self) -> dict[str, Any]:
+        """A JSON-ready report (``report.json``): the summary, then the details behind it."""
+        return {
+            "version": __version__,
+            **self.summary(),
+            "modality_evidence": {
+                "fixed": self.fixed_modality.to_dict(),
+                "moving": self.moving_modality.to_dict(),
+            },
+            "preset_description": self.preset.describe(),
             "score_before_detail": self.score_before.to_dict(),
             "score_after_detail": self.score_after.to_dict(),
-            "verdict": self.verdict.label,
             "verdict_reasons": list(self.verdict.reasons),
             "verdict_evidence": dict(self.verdict.evidence),
             "attempts": [a.to_dict() for a in self.attempts],
-            "elapsed_s": round(self.elapsed_s, 3),
             "transform_matrix_lps": to_matrix(self.transform).tolist(),
             "notes": list(self.notes),
+            "kept_temp_dirs": list(self.kept_temp_dirs),
+            "engine_log_tail": list(self.log[-ENGINE_LOG_TAIL:]),
         }
 
 
@@ -140,171 +172,84 @@ def _resolve_engines(preset: Preset, engine: str | None) -> tuple[str, list[str]
 
 
 def _recognise(
-    fixed: sitk.Image,
-    moving: sitk.Image,
-    names: tuple[str | None, str | None],
-    metadata: tuple[Mapping[str, str] | None, Mapping[str, str] | None],
-    choices: tuple[str | None, str | None],
-    transform: TransformKind,
+    fixed: sitk.Image, moving: sitk.Image, fixed_info: ImageInfo, moving_info: ImageInfo, transform: TransformKind
 ) -> tuple[ModalityEvidence, ModalityEvidence, Preset]:
     """Check both images, recognise their modalities and pick the pair's preset."""
     evidence = []
-    for image, role, name, tags, choice in zip(
-        (fixed, moving), ("fixed image", "moving image"), names, metadata, choices
-    ):
+    for image, role, info in ((fixed, "fixed image", fixed_info), (moving, "moving image", moving_info)):
         check_registrable(image, role=role)
         # An image read from DICOM or NIfTI carries its own header: use it when no tags were given.
-        tags = tags if tags is not None else metadata_from_image(image)
-        evidence.append(detect_modality(image, name=name, metadata=tags, user_choice=choice))
+        tags = info.metadata if info.metadata is not None else metadata_from_image(image)
+        evidence.append(detect_modality(image, name=info.name, metadata=tags, user_choice=info.modality))
     return evidence[0], evidence[1], preset_for(evidence[0].modality, evidence[1].modality, transform=transform)
-
-
-def _score(pair: PreparedPair, transform: sitk.Transform | None, metric: str) -> ScoreResult:
-    return score(pair.fixed, pair.moving, transform=transform, metric=metric, fixed_mask=pair.fixed_head)
-
-
-def run_engine(
-    name: str, pair: PreparedPair, preset: Preset, initial: sitk.Transform, options: RunOptions
-) -> tuple[sitk.Transform, tuple[str, ...]]:
-    """Run one engine from ``initial``; returns its full fixed->moving transform and log."""
-    request = EngineRequest(
-        fixed=pair.fixed,
-        moving=pair.moving,
-        preset=preset,
-        transform_kind=preset.transform,
-        initial_transform=initial,
-    )
-    output = get_engine(name).run(request, options)
-    return output.transform, output.log
 
 
 def register(
     fixed: sitk.Image,
     moving: sitk.Image,
     *,
-    fixed_modality: str | None = None,
-    moving_modality: str | None = None,
-    engine: str | None = None,
-    transform: TransformKind = "rigid",
-    progress: ProgressCallback | None = None,
-    cancel: CancelCheck | None = None,
-    fixed_name: str | None = None,
-    moving_name: str | None = None,
-    fixed_metadata: Mapping[str, str] | None = None,
-    moving_metadata: Mapping[str, str] | None = None,
-    fixed_mask: sitk.Image | None = None,
-    moving_mask: sitk.Image | None = None,
-    keep_temp: bool = False,
-    timeout_s: float | None = None,
-    recover: bool = True,
-    time_budget_s: float | None = None,
-    threads: int | None = None,
+    options: RegistrationOptions | None = None,
+    fixed_info: ImageInfo | None = None,
+    moving_info: ImageInfo | None = None,
+    **shortcuts: Any,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` with no question asked.
 
-    Modalities are detected unless given ("T1", "T2", "FLAIR", "CT", "MR"); the engine is the
-    preset's first installed one unless given. ``progress(fraction, message)`` is called as work
-    advances; ``cancel()`` returning True stops the run (:class:`CancelledError`). Raises the errors
-    of :mod:`.errors`; never modifies its inputs.
+    ``options`` says how to run (:class:`~.options.RegistrationOptions`); ``fixed_info`` and
+    ``moving_info`` what is known about each image (:class:`~.options.ImageInfo`). Keyword shortcuts
+    build or override them: ``engine=``, ``transform=``, ``progress=``, ``cancel=``, ... and
+    ``fixed_name=``, ``moving_modality=``, ``fixed_mask=``, ... Modalities are detected unless
+    given ("T1", "T2", "FLAIR", "CT", "MR"); the engine is the preset's first installed one unless
+    given. ``progress(fraction, message)`` is called as work advances; ``cancel()`` returning True
+    stops the run (:class:`CancelledError`). Raises the errors of :mod:`.errors`; never modifies
+    its inputs.
     """
     start = time.perf_counter()
-    if transform not in ("rigid", "affine"):
-        raise InputError(f"transform must be 'rigid' or 'affine'; received {transform!r}.")
-    report = _Progress(progress)
+    options, fixed_info, moving_info = from_shortcuts(options, fixed_info, moving_info, shortcuts)
+    report = _Progress(options.progress)
     report(0.0, "Recognising the modalities")
-    fixed_ev, moving_ev, preset = _recognise(
-        fixed, moving, (fixed_name, moving_name), (fixed_metadata, moving_metadata),
-        (fixed_modality, moving_modality), transform)
+    fixed_ev, moving_ev, preset = _recognise(fixed, moving, fixed_info, moving_info, options.transform)
     check_pyramid(fixed, preset, role="fixed image")
     check_pyramid(moving, preset, role="moving image")
-    engine_name, notes = _resolve_engines(preset, engine)
-    _check_cancel(cancel)
+    engine_name, notes = _resolve_engines(preset, options.engine)
+    raise_if_cancelled(options.cancel)
     report(0.02, f"Preparing the images ({preset.name})")
-    pair = prepare_pair(fixed, moving, preset, fixed_mask=fixed_mask, moving_mask=moving_mask)
+    pair = prepare_pair(fixed, moving, preset, fixed_mask=fixed_info.mask, moving_mask=moving_info.mask)
     notes.extend(pair.notes)
     initial = initial_alignment(pair, preset.initialization)
-    metric = preset.score_metric
-    score_before = _score(pair, None, metric)
-    options = RunOptions(
-        progress=report.slice(0.05, 0.75 if recover else 0.92),
-        cancel=cancel,
-        timeout_s=timeout_s,
-        keep_temp=keep_temp,
-        threads=threads,
-    )
+    score_before = score_on(pair, None, preset.score_metric)
     report(0.05, f"Registering with {engine_name}")
-    attempt_start = time.perf_counter()
+    run_options = options.run_options(progress=report.slice(0.05, 0.75 if options.recover else 0.92))
+    start_label = f"{preset.initialization} initialization"
     try:
-        found, log = run_engine(engine_name, pair, preset, initial, options)
+        first = run_attempt(pair, preset, engine=engine_name, initial=initial, start=start_label,
+                            options=run_options)
     except CancelledError:
         raise
     except EngineError:
-        if engine is not None or engine_name == FALLBACK_ENGINE:
+        if options.engine is not None or engine_name == FALLBACK_ENGINE:
             raise
         notes.append(f"Engine {engine_name} failed; the embedded SimpleITK engine was used instead.")
-        engine_name = FALLBACK_ENGINE
-        found, log = run_engine(engine_name, pair, preset, initial, options)
-    score_after = _score(pair, found, metric)
-    verdict = judge(pair, found, metric=metric, score_before=score_before, score_after=score_after)
-    attempts = [
-        Attempt(
-            engine_name,
-            f"{preset.initialization} initialization",
-            score_after.value,
-            verdict.label,
-            time.perf_counter() - attempt_start,
-        )
-    ]
-    if recover and verdict.label != "good":
-        from .recovery import recover_best
-
-        report(0.75, f"Result {verdict.label}: trying other starting points")
-        outcome = recover_best(
-            pair,
-            preset,
-            first_engine=engine_name,
-            first_start=initial,
-            first_transform=found,
-            first_score=score_after,
-            first_verdict=verdict,
-            score_before=score_before,
-            progress=report.slice(0.75, 0.92),
-            cancel=cancel,
-            timeout_s=timeout_s,
-            keep_temp=keep_temp,
-            threads=threads,
-            time_budget_s=time_budget_s,
-            forced_engine=engine,
-            first_elapsed_s=attempts[0].elapsed_s,
-        )
-        attempts.extend(outcome.attempts)
-        if outcome.improved:
-            found, score_after, verdict, engine_name = (
-                outcome.transform,
-                outcome.score,
-                outcome.verdict,
-                outcome.engine,
-            )
-            notes.append(f"Recovery kept a better candidate: {outcome.description}.")
-    _check_cancel(cancel)
+        first = run_attempt(pair, preset, engine=FALLBACK_ENGINE, initial=initial, start=start_label,
+                            options=run_options)
+    attempts = [judged(first, pair, score_before=score_before)]
+    kept = 0
+    if options.recover and attempts[0].verdict is not None and attempts[0].verdict.label != "good":
+        report(0.75, f"Result {attempts[0].verdict.label}: trying other starting points")
+        attempts.extend(recover(pair, preset, attempts[0], options=options, progress=report.slice(0.75, 0.92)))
+        kept = _best(attempts)
+        if kept:
+            attempts[kept] = judged(attempts[kept], pair, score_before=score_before)
+            notes.append(f"Recovery kept a better candidate: {attempts[kept].engine} from {attempts[kept].start}.")
+    raise_if_cancelled(options.cancel)
     report(0.95, "Resampling the moving image")
-    registered = sitk.Resample(moving, fixed, found, sitk.sitkLinear, preset.moving_fill_value)
-    report(1.0, f"Done: {verdict.label}")
-    return RegistrationResult(
-        transform=found,
-        registered=registered,
-        score_before=score_before,
-        score_after=score_after,
-        preset=preset,
-        engine=engine_name,
-        fixed_modality=fixed_ev,
-        moving_modality=moving_ev,
-        elapsed_s=time.perf_counter() - start,
-        verdict=verdict,
-        attempts=tuple(attempts),
-        log=tuple(log),
-        notes=tuple(notes),
+    result = _result(
+        moving, fixed, pair, attempts[kept], score_before=score_before, preset=preset,
+        evidence=(fixed_ev, moving_ev), infos=(fixed_info, moving_info), started=start,
+        attempts=tuple(attempts), notes=tuple(notes),
     )
+    report(1.0, f"Done: {result.verdict.label}")
+    return result
 
 
 def judge_transform(
@@ -312,40 +257,72 @@ def judge_transform(
     moving: sitk.Image,
     transform: sitk.Transform,
     *,
-    fixed_modality: str | None = None,
-    moving_modality: str | None = None,
-    fixed_name: str | None = None,
-    moving_name: str | None = None,
-    fixed_metadata: Mapping[str, str] | None = None,
-    moving_metadata: Mapping[str, str] | None = None,
+    fixed_info: ImageInfo | None = None,
+    moving_info: ImageInfo | None = None,
+    **shortcuts: Any,
 ) -> RegistrationResult:
-    """Score and judge a transform made elsewhere (another tool, or by hand), the same way as ours."""
+    """Score and judge a transform made elsewhere (another tool, or by hand), the same way as ours.
+
+    Image shortcuts (``fixed_modality=``, ``moving_name=``, ...) build the image infos as in
+    :func:`register`.
+    """
     start = time.perf_counter()
     to_matrix(transform)  # refuses non-linear transforms with a clear message
-    fixed_ev, moving_ev, preset = _recognise(
-        fixed, moving, (fixed_name, moving_name), (fixed_metadata, moving_metadata),
-        (fixed_modality, moving_modality), "rigid")
-    pair = prepare_pair(fixed, moving, preset)
-    metric = preset.score_metric
-    before = _score(pair, None, metric)
-    after = _score(pair, transform, metric)
-    verdict = judge(pair, transform, metric=metric, score_before=before, score_after=after)
-    registered = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, preset.moving_fill_value)
-    return RegistrationResult(
-        transform=transform,
-        registered=registered,
-        score_before=before,
-        score_after=after,
-        preset=preset,
-        engine="none",
-        fixed_modality=fixed_ev,
-        moving_modality=moving_ev,
-        elapsed_s=time.perf_counter() - start,
-        verdict=verdict,
-        notes=pair.notes,
+    _, fixed_info, moving_info = from_shortcuts(None, fixed_info, moving_info, shortcuts, images_only=True)
+    fixed_ev, moving_ev, preset = _recognise(fixed, moving, fixed_info, moving_info, "rigid")
+    pair = prepare_pair(fixed, moving, preset, fixed_mask=fixed_info.mask, moving_mask=moving_info.mask)
+    score_before = score_on(pair, None, preset.score_metric)
+    after, verdict = assess(pair, transform, metric=preset.score_metric, score_before=score_before)
+    given = Attempt(engine="none", start="given transform", transform=transform, score=after, verdict=verdict)
+    return _result(
+        moving, fixed, pair, given, score_before=score_before, preset=preset,
+        evidence=(fixed_ev, moving_ev), infos=(fixed_info, moving_info), started=start,
+        attempts=(), notes=pair.notes,
     )
 
 
-def _check_cancel(cancel: CancelCheck | None) -> None:
-    if cancel is not None and cancel():
-        raise CancelledError("The registration was cancelled; nothing was changed.")
+def _best(attempts: list[Attempt]) -> int:
+    """Index of the best-scoring attempt; the earliest wins a tie, so the first run is kept unless beaten."""
+    best = 0
+    for index, attempt in enumerate(attempts):
+        value, leader = attempt.value, attempts[best].value
+        if value is not None and (leader is None or value > leader):
+            best = index
+    return best
+
+
+def _result(
+    moving: sitk.Image,
+    fixed: sitk.Image,
+    pair: PreparedPair,
+    kept: Attempt,
+    *,
+    score_before: ScoreResult,
+    preset: Preset,
+    evidence: tuple[ModalityEvidence, ModalityEvidence],
+    infos: tuple[ImageInfo, ImageInfo],
+    started: float,
+    attempts: tuple[Attempt, ...],
+    notes: tuple[str, ...],
+) -> RegistrationResult:
+    """The result of keeping ``kept`` (a judged attempt): the moving image resampled through it."""
+    assert kept.transform is not None and kept.score is not None and kept.verdict is not None
+    registered = sitk.Resample(moving, fixed, kept.transform, sitk.sitkLinear, preset.moving_fill_value)
+    return RegistrationResult(
+        transform=kept.transform,
+        registered=registered,
+        score_before=score_before,
+        score_after=kept.score,
+        preset=preset,
+        engine=kept.engine,
+        fixed_modality=evidence[0],
+        moving_modality=evidence[1],
+        elapsed_s=time.perf_counter() - started,
+        verdict=kept.verdict,
+        attempts=attempts,
+        log=kept.log,
+        notes=notes,
+        fixed_name=infos[0].name,
+        moving_name=infos[1].name,
+        kept_temp_dirs=tuple(a.kept_temp_dir for a in attempts if a.kept_temp_dir),
+    )

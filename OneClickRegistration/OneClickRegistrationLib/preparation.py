@@ -11,9 +11,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .images import MIN_VOXELS_PER_AXIS, check_volume, describe, to_float32
+from .images import MIN_VOXELS_PER_AXIS, check_volume, describe, same_grid, to_float32
 from .masks import head_mask
-from .metrics import DEFAULT_MIN_OVERLAP_VOXELS, same_grid
+from .metrics import DEFAULT_MIN_OVERLAP_VOXELS
 from .modality import Modality
 from .presets import Preset, level_shrink_factors
 

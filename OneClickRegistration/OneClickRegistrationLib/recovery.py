@@ -17,19 +17,24 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import SimpleITK as sitk
 
+from .attempts import Attempt, run_attempt
 from .engines import get_engine
-from .engines.base import CancelCheck, ProgressCallback, RunOptions
-from .errors import CancelledError, OneClickError
-from .metrics import ScoreResult, score
+from .engines.base import ProgressCallback
+from .errors import CancelledError, OneClickError, first_line, raise_if_cancelled
+from .metrics import score
+from .options import RegistrationOptions
 from .preparation import PreparedPair, initial_alignment
 from .presets import Preset
-from .verdict import Verdict, coarse_fixed, judge
+from .verdict import coarse_fixed
 
 COARSE_SEARCH_SPACING_MM = 6.0
 SEARCH_ANGLES_DEG = (-90.0, -60.0, -30.0, 0.0, 30.0, 60.0, 90.0)
@@ -46,17 +51,6 @@ class Candidate:
     engine: str
     start: str
     initial: sitk.Transform
-
-
-@dataclass(frozen=True)
-class RecoveryOutcome:
-    improved: bool
-    transform: sitk.Transform
-    score: ScoreResult
-    verdict: Verdict
-    engine: str
-    description: str
-    attempts: tuple  # tuple[pipeline.Attempt, ...]
 
 
 def _rotated(base: sitk.Euler3DTransform, angles_deg: tuple[float, float, float]) -> sitk.Euler3DTransform:
@@ -80,23 +74,19 @@ def rotation_search(
     return scored[:keep]
 
 
-def _candidates(
-    pair: PreparedPair,
-    preset: Preset,
-    first_engine: str,
-    forced_engine: str | None,
-    base: sitk.Euler3DTransform,
-) -> list[Candidate]:
+def _candidates(pair: PreparedPair, preset: Preset, first: Attempt, forced_engine: str | None) -> list[Candidate]:
+    base = first.initial
+    assert isinstance(base, sitk.Euler3DTransform), "the pipeline starts from an Euler3DTransform"
     candidates = []
     for angles, _ in rotation_search(pair, base, preset.score_metric):
         if angles != (0.0, 0.0, 0.0):
             label = "rotation search start " + "/".join(f"{a:+.0f}" for a in angles) + " deg"
-            candidates.append(Candidate(first_engine, label, _rotated(base, angles)))
+            candidates.append(Candidate(first.engine, label, _rotated(base, angles)))
     other = "geometry" if preset.initialization == "moments" else "moments"
-    candidates.append(Candidate(first_engine, f"{other} initialization", initial_alignment(pair, other)))
+    candidates.append(Candidate(first.engine, f"{other} initialization", initial_alignment(pair, other)))
     if forced_engine is None:
         for name in preset.engines:
-            if name != first_engine and get_engine(name).availability().available:
+            if name != first.engine and get_engine(name).availability().available:
                 candidates.append(
                     Candidate(name, f"next engine ({name}), {preset.initialization} initialization", base)
                 )
@@ -104,89 +94,72 @@ def _candidates(
     return candidates
 
 
-def recover_best(
+def recover(
     pair: PreparedPair,
     preset: Preset,
+    first: Attempt,
     *,
-    first_engine: str,
-    first_start: sitk.Euler3DTransform,
-    first_transform: sitk.Transform,
-    first_score: ScoreResult,
-    first_verdict: Verdict,
-    score_before: ScoreResult,
+    options: RegistrationOptions,
     progress: ProgressCallback,
-    cancel: CancelCheck | None,
-    timeout_s: float | None,
-    keep_temp: bool,
-    threads: int | None,
-    time_budget_s: float | None,
-    forced_engine: str | None,
-    first_elapsed_s: float = 0.0,
-) -> RecoveryOutcome:
-    """Try the candidates within the budget and return the best result (possibly the first one)."""
-    from .pipeline import Attempt, run_engine
+) -> tuple[Attempt, ...]:
+    """Run the candidates after ``first`` within the time budget; one attempt per candidate, in order.
 
+    A candidate that fails or finds the budget used up is an attempt without a transform whose
+    ``error`` says why; a cancel ends the whole run (:class:`CancelledError`).
+    """
     started = time.perf_counter()
-    default_budget = min(MAX_BUDGET_S, max(MIN_BUDGET_S, BUDGET_FACTOR * first_elapsed_s))
-    budget = time_budget_s if time_budget_s is not None else default_budget
+    default_budget = min(MAX_BUDGET_S, max(MIN_BUDGET_S, BUDGET_FACTOR * first.elapsed_s))
+    budget = options.time_budget_s if options.time_budget_s is not None else default_budget
     progress(0.0, "Searching rotations on a coarse grid")
-    candidates = _candidates(pair, preset, first_engine, forced_engine, first_start)
-    metric = preset.score_metric
-    attempts: list[Attempt] = []
-    best_index = -1
-    best = (
-        first_score.value if first_score.ok and first_score.value is not None else -math.inf,
-        first_transform,
-        first_score,
-        first_engine,
-        "first result",
-    )
-    workers = max(1, (os.cpu_count() or 1) // 2) if (os.cpu_count() or 1) >= 4 else 1
+    candidates = _candidates(pair, preset, first, options.engine)
+    # A thread budget (a batch running several pairs per machine) bounds the candidates run at once too.
+    cores = options.threads or os.cpu_count() or 1
+    workers = max(1, cores // 2) if cores >= 4 else 1
+    # Ctrl-C/SIGTERM reach the main thread only: the candidates running in workers see this stop.
+    stop, user_cancel = threading.Event(), options.cancel
+    options = replace(options, cancel=lambda: stop.is_set() or (user_cancel is not None and user_cancel()))
 
-    def attempt(
-        candidate: Candidate,
-    ) -> tuple[Candidate, sitk.Transform | None, ScoreResult | None, str, float]:
-        t0 = time.perf_counter()
-        if cancel is not None and cancel():
-            raise CancelledError("The registration was cancelled; nothing was changed.")
-        remaining = budget - (time.perf_counter() - started)
+    def attempt(candidate: Candidate) -> Attempt:
+        began = time.perf_counter()
+        raise_if_cancelled(options.cancel)
+        remaining = budget - (began - started)
         if remaining <= 0:
-            return candidate, None, None, "skipped: time budget used up", 0.0
-        limit = remaining if timeout_s is None else min(timeout_s, remaining)
-        options = RunOptions(
-            cancel=cancel, timeout_s=limit, keep_temp=keep_temp, threads=threads if workers == 1 else 2
-        )
+            return Attempt(candidate.engine, candidate.start, candidate.initial, error="skipped: time budget used up")
+        limit = remaining if options.timeout_s is None else min(options.timeout_s, remaining)
+        run_options = options.run_options(timeout_s=limit, threads=options.threads if workers == 1 else 2)
         try:
-            found, _ = run_engine(candidate.engine, pair, preset, candidate.initial, options)
+            return run_attempt(pair, preset, engine=candidate.engine, initial=candidate.initial,
+                               start=candidate.start, options=run_options)
         except CancelledError:
             raise
         except OneClickError as exc:
-            return candidate, None, None, str(exc).splitlines()[0], time.perf_counter() - t0
-        result = score(pair.fixed, pair.moving, transform=found, metric=metric, fixed_mask=pair.fixed_head)
-        return candidate, found, result, "", time.perf_counter() - t0
+            return Attempt(candidate.engine, candidate.start, candidate.initial, error=first_line(exc),
+                           elapsed_s=time.perf_counter() - began)
 
+    attempts: list[Attempt] = []
+    with _mapper(workers) as run_all:
+        try:
+            for index, done in enumerate(run_all(attempt, candidates)):
+                progress((index + 1) / len(candidates), f"Candidate {index + 1}/{len(candidates)}: {done.start}")
+                attempts.append(done)
+        except BaseException:
+            stop.set()  # before the pool waits for its running candidates
+            raise
+    return tuple(attempts)
+
+
+_Map = Callable[[Callable[[Candidate], Attempt], list[Candidate]], Iterator[Attempt]]
+
+
+@contextmanager
+def _mapper(workers: int) -> Iterator[_Map]:
+    """``map`` inline for one worker (no thread to reason about when there is no gain), else over a
+    pool whose pending candidates are dropped when the run ends early (cancel, error)."""
     if workers == 1:
-        outcomes = map(attempt, candidates)  # inline: no thread to reason about when there is no gain
-    else:
-        pool = ThreadPoolExecutor(max_workers=workers)
-        outcomes = pool.map(attempt, candidates)
+        yield lambda fn, items: iter(map(fn, items))
+        return
+    pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        for index, (candidate, found, result, error, elapsed) in enumerate(outcomes):
-            progress((index + 1) / len(candidates), f"Candidate {index + 1}/{len(candidates)}: {candidate.start}")
-            value = result.value if result is not None and result.ok else None
-            attempts.append(Attempt(candidate.engine, candidate.start, value, None, elapsed, error))
-            if found is not None and value is not None and value > best[0]:
-                best = (value, found, result, candidate.engine, f"{candidate.engine} from {candidate.start}")
-                best_index = len(attempts) - 1
+        yield lambda fn, items: iter(pool.map(fn, items))
     finally:
-        if workers > 1:
-            pool.shutdown(wait=True, cancel_futures=True)
-    _, transform, best_score, engine, description = best
-    if transform is first_transform:
-        return RecoveryOutcome(
-            False, first_transform, first_score, first_verdict, first_engine, description, tuple(attempts)
-        )
-    verdict = judge(pair, transform, metric=metric, score_before=score_before, score_after=best_score)
-    kept = attempts[best_index]
-    attempts[best_index] = Attempt(kept.engine, kept.start, kept.score, verdict.label, kept.elapsed_s, kept.error)
-    return RecoveryOutcome(True, transform, best_score, verdict, engine, description, tuple(attempts))
+        pool.shutdown(wait=True, cancel_futures=True)

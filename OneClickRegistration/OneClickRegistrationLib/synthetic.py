@@ -426,3 +426,177 @@ def target_registration_error(
             for p in np.asarray(points, dtype=float)
         ]
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Case kinds: the hard situations a one-click registration meets in the clinic, each with known truth.
+
+CASE_KINDS = (
+    "standard",  # typical clinical grids, rotations to 25 degrees, translations to 30 mm
+    "ct_slab",  # CT fixed, MR moving cropped to a 60 mm slab through the brain
+    "large_rotation",  # one rotation of 45-90 degrees (head lying on its side, swapped axes)
+    "no_overlap",  # the two image domains do not overlap at all in their headers
+    "sagittal",  # moving image acquired in sagittal slices
+    "oblique",  # moving image acquired on a tilted (oblique) grid
+    "flipped",  # moving grid with one or two axes reversed (radiological/neurological storage)
+    "fine_coarse",  # moving voxels half the fixed ones in-plane (0.5 mm vs 1 mm)
+    "skull_stripped",  # moving image is brain only, fixed image the whole head
+    "aligned",  # the pair is already aligned (identity truth), different modalities and grids
+    "self",  # an image against itself
+)
+_CASE_MODALITIES = (Modality.T1, Modality.T2, Modality.FLAIR, Modality.CT)
+_MR_MODALITIES = (Modality.T1, Modality.T2, Modality.FLAIR)
+# Sagittal acquisition: image axes run posterior, inferior and left (columns are the axes in LPS).
+_SAGITTAL = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+_FLIPS = ((-1.0, 1.0, 1.0), (1.0, -1.0, 1.0), (-1.0, -1.0, 1.0), (1.0, 1.0, -1.0))
+SLAB_MM = 60.0
+
+
+@dataclass(frozen=True)
+class SyntheticCase:
+    """One generated case: its kind, seed, a one-line description and the pair with its truth."""
+
+    kind: str
+    seed: int
+    description: str
+    pair: SyntheticPair
+
+
+def _random_rotation(rng: np.random.Generator, limit_deg: float) -> tuple[float, float, float]:
+    return tuple(float(a) for a in np.round(rng.uniform(-limit_deg, limit_deg, 3), 2))  # type: ignore[return-value]
+
+
+def _random_translation(rng: np.random.Generator, low_mm: float, high_mm: float) -> tuple[float, float, float]:
+    direction = rng.normal(size=3)
+    vector = direction / np.linalg.norm(direction) * rng.uniform(low_mm, high_mm)
+    return tuple(float(t) for t in np.round(vector, 2))  # type: ignore[return-value]
+
+
+def _direction_rotated_about_x(angle_deg: float) -> tuple[float, ...]:
+    a = math.radians(angle_deg)
+    matrix = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(a), -math.sin(a)], [0.0, math.sin(a), math.cos(a)]])
+    return tuple(float(v) for v in matrix.ravel())
+
+
+def _brain_only(image: sitk.Image, grid: Grid, image_to_reference: sitk.Transform, resolution_mm: float,
+                source: Source) -> sitk.Image:
+    """``image`` with everything outside the (slightly dilated) brain set to 0, as skull stripping leaves it."""
+    subject = make_subject(resolution_mm=resolution_mm, source=source)
+    radius = max(1, round(2.0 / resolution_mm))
+    brain = sitk.Cast(sitk.BinaryDilate(subject.brain, [radius] * 3), sitk.sitkFloat32)
+    on_grid = sitk.Resample(brain, grid.image(), image_to_reference, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    keep = sitk.GetArrayViewFromImage(on_grid) >= 0.5
+    array = np.where(keep, sitk.GetArrayViewFromImage(image), 0).astype(sitk.GetArrayViewFromImage(image).dtype)
+    stripped = sitk.GetImageFromArray(array)
+    stripped.CopyInformation(image)
+    return stripped
+
+
+def _pair_on_grids(
+    fixed_mod: Modality,
+    moving_mod: Modality,
+    truth: sitk.Euler3DTransform,
+    fixed_grid: Grid,
+    moving_grid: Grid,
+    *,
+    resolution_mm: float,
+    source: Source,
+    seed: int,
+    moving_brain_only: bool = False,
+) -> SyntheticPair:
+    subject = make_subject(resolution_mm=resolution_mm, source=source)
+    fixed = render(fixed_mod, fixed_grid, resolution_mm=resolution_mm, source=source, seed=seed)
+    inverse = truth.GetInverse()
+    moving = render(moving_mod, moving_grid, image_to_reference=inverse, resolution_mm=resolution_mm,
+                    source=source, seed=seed + 1)
+    if moving_brain_only:
+        moving = _brain_only(moving, moving_grid, inverse, resolution_mm, source)
+    return SyntheticPair(fixed=fixed, moving=moving, truth=truth,
+                         brain_points=brain_points(subject, count=2000, seed=seed),
+                         fixed_modality=fixed_mod, moving_modality=moving_mod)
+
+
+def make_case(kind: str, seed: int, *, source: Source = "auto", resolution_mm: float = 1.0) -> SyntheticCase:
+    """A case of ``kind`` (one of :data:`CASE_KINDS`), drawn reproducibly from ``seed``.
+
+    Modalities, misalignment and grids are random within the kind's limits; the moving field of view is
+    centred near the moved head (never exactly, so the headers do not give the answer away) except for
+    ``no_overlap``, where the moved head lies 250-350 mm away, and ``aligned``/``self``.
+    """
+    if kind not in CASE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(CASE_KINDS)}; received {kind!r}.")
+    rng = np.random.default_rng([seed, CASE_KINDS.index(kind)])
+    subject = make_subject(resolution_mm=resolution_mm, source=source)
+    center = subject.head_center
+
+    def pick(options: tuple[Modality, ...]) -> Modality:
+        return options[int(rng.integers(len(options)))]
+
+    fixed_mod, moving_mod = pick(_CASE_MODALITIES), pick(_CASE_MODALITIES)
+    rotation = _random_rotation(rng, 25.0)
+    translation = _random_translation(rng, 5.0, 30.0)
+    fov_shift = tuple(float(v) for v in np.round(rng.uniform(-10.0, 10.0, 3), 2))
+    moving_spacing = TYPICAL_SPACING[moving_mod]
+    moving_fov = TYPICAL_FOV_MM[moving_mod]
+    moving_direction: tuple[float, ...] | None = None
+    brain_only = False
+    detail = ""
+    if kind == "ct_slab":
+        fixed_mod, moving_mod = Modality.CT, pick(_MR_MODALITIES)
+        rotation = _random_rotation(rng, 15.0)
+        moving_spacing = TYPICAL_SPACING[moving_mod]
+        moving_fov = (*TYPICAL_FOV_MM[moving_mod][:2], SLAB_MM)
+        fov_shift = (fov_shift[0], fov_shift[1], float(np.round(rng.uniform(-25.0, 30.0), 2)))
+        detail = f", moving slab {SLAB_MM:g} mm thick, {fov_shift[2]:+.0f} mm from the head centre"
+    elif kind == "large_rotation":
+        axis = int(rng.integers(3))
+        angles = list(_random_rotation(rng, 15.0))
+        angles[axis] = float(np.round(rng.choice([-1.0, 1.0]) * rng.uniform(45.0, 90.0), 2))
+        rotation = tuple(angles)  # type: ignore[assignment]
+    elif kind == "no_overlap":
+        translation = _random_translation(rng, 250.0, 350.0)
+    elif kind == "sagittal":
+        moving_direction = _SAGITTAL
+        s = TYPICAL_SPACING[moving_mod]
+        f = TYPICAL_FOV_MM[moving_mod]
+        # In-plane axes run posterior and inferior, slices left to right.
+        moving_spacing, moving_fov = (s[0], s[1], s[2]), (f[1], f[2], f[0])
+    elif kind == "oblique":
+        tilt = float(np.round(rng.choice([-1.0, 1.0]) * rng.uniform(12.0, 30.0), 2))
+        moving_direction = _direction_rotated_about_x(tilt)
+        detail = f", grid tilted {tilt:+.0f} deg"
+    elif kind == "flipped":
+        flip = _FLIPS[int(rng.integers(len(_FLIPS)))]
+        moving_direction = tuple(float(v) for v in np.diag(flip).ravel())
+        detail = f", grid axes {'/'.join(f'{v:+.0f}' for v in flip)}"
+    elif kind == "fine_coarse":
+        fixed_mod, moving_mod = pick((Modality.T1, Modality.FLAIR, Modality.CT)), pick(_MR_MODALITIES)
+        in_plane = float(rng.choice([0.45, 0.5]))
+        moving_spacing = (in_plane, in_plane, float(rng.choice([1.0, 3.0])))
+        moving_fov = (180.0, 220.0, 170.0)
+    elif kind == "skull_stripped":
+        moving_mod = pick(_MR_MODALITIES)
+        brain_only = True
+    elif kind in ("aligned", "self"):
+        rotation, translation, fov_shift = (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0)
+        if kind == "self":
+            moving_mod = fixed_mod
+    truth = rigid_transform(rotation, translation, center)
+    fixed_grid = typical_grid(fixed_mod, center)
+    moved_center = tuple(np.asarray(truth.TransformPoint(center)) + np.asarray(fov_shift))
+    moving_grid = Grid.centered(moved_center, moving_fov, moving_spacing, moving_direction)  # type: ignore[arg-type]
+    if kind == "self":
+        pair = _pair_on_grids(fixed_mod, fixed_mod, truth, fixed_grid, fixed_grid,
+                              resolution_mm=resolution_mm, source=source, seed=seed)
+        pair = SyntheticPair(fixed=pair.fixed, moving=pair.fixed, truth=truth, brain_points=pair.brain_points,
+                             fixed_modality=fixed_mod, moving_modality=fixed_mod)
+    else:
+        pair = _pair_on_grids(fixed_mod, moving_mod, truth, fixed_grid, moving_grid,
+                              resolution_mm=resolution_mm, source=source, seed=seed, moving_brain_only=brain_only)
+    spacing_text = "x".join(f"{s:g}" for s in pair.moving.GetSpacing())
+    description = (
+        f"{kind}: {pair.moving_modality.value}->{pair.fixed_modality.value}, rotation "
+        f"{'/'.join(f'{a:+.0f}' for a in rotation)} deg, translation {np.linalg.norm(translation):.0f} mm, "
+        f"moving voxels {spacing_text} mm{detail}"
+    )
+    return SyntheticCase(kind=kind, seed=seed, description=description, pair=pair)

@@ -6,6 +6,7 @@ All transforms here follow the ITK resampling convention (fixed -> moving, LPS).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -69,17 +70,27 @@ def nearest_rotation(matrix: np.ndarray) -> np.ndarray:
     return rotation
 
 
+def rigid_from_matrix(
+    matrix: np.ndarray,
+    center: Sequence[float] | None = None,
+    *,
+    kind: Callable[[], sitk.Transform] = sitk.Euler3DTransform,
+) -> sitk.Transform:
+    """A rigid transform (``kind``: Euler3D, VersorRigid3D, ...) with the 4x4 matrix's translation and
+    the rotation nearest its linear part, expressed around ``center``."""
+    c = np.zeros(3) if center is None else np.asarray(center, dtype=float)
+    rotation = nearest_rotation(matrix[:3, :3])
+    rigid = kind()
+    rigid.SetCenter(tuple(float(v) for v in c))  # type: ignore[attr-defined]
+    rigid.SetMatrix(tuple(rotation.ravel()))  # type: ignore[attr-defined]
+    # x -> R(x - c) + c + t  ==  R x + (c - R c + t)  must equal  R x + b
+    rigid.SetTranslation(tuple(matrix[:3, 3] - c + rotation @ c))  # type: ignore[attr-defined]
+    return rigid
+
+
 def as_euler(transform: sitk.Transform) -> sitk.Euler3DTransform:
     """A linear transform as an Euler3DTransform (its linear part projected onto a rotation)."""
-    matrix = to_matrix(transform)
-    center = _center_of(transform) or (0.0, 0.0, 0.0)
-    euler = sitk.Euler3DTransform()
-    euler.SetCenter(center)
-    rotation = nearest_rotation(matrix[:3, :3])
-    euler.SetMatrix(tuple(rotation.ravel()))
-    c = np.asarray(center)
-    euler.SetTranslation(tuple(matrix[:3, 3] - c + rotation @ c))
-    return euler
+    return rigid_from_matrix(to_matrix(transform), _center_of(transform))  # type: ignore[return-value]
 
 
 def rotation_angle_deg(matrix: np.ndarray) -> float:
@@ -133,9 +144,4 @@ def as_rigid_or_affine(transform: sitk.Transform, *, rigid: bool, atol: float = 
 def as_versor_rigid(transform: sitk.Transform,
                     center: tuple[float, float, float]) -> sitk.VersorRigid3DTransform:
     """A linear transform as a VersorRigid3DTransform around ``center`` (linear part projected onto a rotation)."""
-    euler = as_euler(with_center(transform, center))
-    versor = sitk.VersorRigid3DTransform()
-    versor.SetCenter(euler.GetCenter())
-    versor.SetMatrix(euler.GetMatrix())
-    versor.SetTranslation(euler.GetTranslation())
-    return versor
+    return rigid_from_matrix(to_matrix(transform), center, kind=sitk.VersorRigid3DTransform)  # type: ignore[return-value]

@@ -9,13 +9,14 @@ Per case, on the same prepared pair (the pipeline's intensity preparation; CT wi
 * ``oneclick-ants/no-finest-level``: our preset with 0 iterations on its finest level, as evidence
   for the preset table (``--no-variant`` skips it).
 
-The peers' files are read from fetched git copies (never committed): set ``ONECLICK_SLICERANTS_GIT``
-/ ``ONECLICK_ANTS_GIT`` to their git directories, or leave them under /work/.mirror (``fetch`` tool).
-A peer whose copy is missing is skipped with a message. All three run through the adapter's runner
-(an antsRegistration executable, else antspyx in a child process) and write no warped images.
+The peers' files are taken from the folder given with ``--peers DIR`` (or ``$ONECLICK_PEERS_DIR``):
+a folder, or a folder of git checkouts, containing SlicerANTs' ``Rigid.json`` and ANTs'
+``antsRegistrationSyNQuick.sh`` anywhere below it. A peer whose file is missing is skipped with a
+message. All three run through the adapter's runner (an antsRegistration executable, else antspyx
+in a child process) and write no warped images.
 
-    python Testing/Benchmarks/bench_ants_peers.py [--cases 3] [--coarsen 1.0] [--pairs T1:T2,...]
-        [--peers slicerants,synquick] [--no-variant] [--name bench_ants_peers]
+    python Testing/Benchmarks/bench_ants_peers.py --peers DIR [--cases 3] [--coarsen 1.0]
+        [--pairs T1:T2,...] [--columns slicerants,synquick] [--no-variant] [--name bench_ants_peers]
 
 Prints a table (success = mean brain TRE < 2 mm; wall and CPU time, each as the median over cases of
 method time / our time on the same case) and writes results/<name>.json.
@@ -29,7 +30,6 @@ import os
 import re
 import resource
 import statistics
-import subprocess
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,47 +38,30 @@ import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import make_case_pair, print_table, random_cases, summarize, timed, write_json
+from bench_common import (
+    add_peers_option,
+    locate_peer,
+    make_case_pair,
+    print_table,
+    random_cases,
+    summarize,
+    timed,
+    write_json,
+)
 
 from OneClickRegistrationLib.engines import ants_engine as ae
 from OneClickRegistrationLib.engines.base import EngineRequest, RunOptions
 from OneClickRegistrationLib.images import write_image
+from OneClickRegistrationLib.preparation import PreparedPair, initial_alignment, prepare_pair
 from OneClickRegistrationLib.presets import preset_for
 from OneClickRegistrationLib.process_runner import engine_workdir, run_process
 
-try:  # the pipeline's own preparation and initialization, when the pipeline exists
-    from OneClickRegistrationLib.preparation import initial_alignment, prepare_pair
-except ImportError:  # pragma: no cover - early checkouts
-    initial_alignment = prepare_pair = None  # type: ignore[assignment]
-
 PAIRS = [("T1", "T1"), ("T1", "T2"), ("T1", "FLAIR"), ("T1", "CT")]
-MIRROR_ROOT = Path("/work/.mirror")
+SLICERANTS_FILE = "Rigid.json"
+SYNQUICK_FILE = "antsRegistrationSyNQuick.sh"
 
 
-# --- reading the peers' settings from their fetched copies -----------------------------------------
-
-def _git_dir(env_var: str, name_part: str) -> Path | None:
-    value = os.environ.get(env_var)
-    if value:
-        return Path(value)
-    if MIRROR_ROOT.is_dir():
-        for candidate in sorted(MIRROR_ROOT.iterdir()):
-            if candidate.name.lower() == name_part.lower() and (candidate / "repo").exists():
-                return candidate / "repo"
-    return None
-
-
-def _git_file(git_dir: Path, suffix: str) -> tuple[str, str]:
-    """(path, text) of the one file in the repository's HEAD whose path ends with ``suffix``."""
-    names = subprocess.run(["git", f"--git-dir={git_dir}", "ls-tree", "-r", "--name-only", "HEAD"],
-                           capture_output=True, text=True, check=True).stdout.split("\n")
-    matches = [n for n in names if n.endswith(suffix)]
-    if len(matches) != 1:
-        raise FileNotFoundError(f"expected one file ending with {suffix!r} in {git_dir}; found {matches}")
-    text = subprocess.run(["git", f"--git-dir={git_dir}", "show", f"HEAD:{matches[0]}"],
-                          capture_output=True, text=True, check=True).stdout
-    return matches[0], text
-
+# --- reading the peers' settings from their files ---------------------------------------------------
 
 @dataclass(frozen=True)
 class PeerStage:
@@ -109,9 +92,8 @@ class PeerStage:
         return args
 
 
-def slicerants_rigid(git_dir: Path) -> PeerStage:
-    path, text = _git_file(git_dir, "Presets/Rigid.json")
-    preset = json.loads(text)
+def slicerants_rigid(path: Path) -> PeerStage:
+    preset = json.loads(path.read_text(encoding="utf-8"))
     stage = preset["stages"][0]
     metric = stage["metrics"][0]
     levels = stage["levels"]
@@ -119,7 +101,7 @@ def slicerants_rigid(git_dir: Path) -> PeerStage:
     feature = int(preset.get("initialTransformSettings", {}).get("initializationFeature", -1))
     general = preset["generalSettings"]
     return PeerStage(
-        name="SlicerANTs-Rigid", source=f"{git_dir}:{path}",
+        name="SlicerANTs-Rigid", source=SLICERANTS_FILE,
         transform=f"{stage['transformParameters']['transform']}[{stage['transformParameters']['settings']}]",
         metric=f"{metric['type']}[{{fixed}},{{moving}},{metric['settings']}]",
         convergence=(f"[{'x'.join(str(s['convergence']) for s in steps)},"
@@ -153,8 +135,8 @@ def _bracket(value: str) -> str:
     return re.sub(r"\s+", "", value)
 
 
-def synquick_rigid(git_dir: Path, *, large_image: bool) -> PeerStage:
-    path, text = _git_file(git_dir, "Scripts/antsRegistrationSyNQuick.sh")
+def synquick_rigid(path: Path, *, large_image: bool) -> PeerStage:
+    text = path.read_text(encoding="utf-8")
     values = _shell_assignments(text)
     pick = -1 if large_image else 0  # the script's second assignment is its >256-voxel branch
     variables = {name: vals[0] for name, vals in values.items()}
@@ -173,7 +155,7 @@ def synquick_rigid(git_dir: Path, *, large_image: bool) -> PeerStage:
     feature = int(initial.group(1)) if initial else None
     winsorize = re.search(r"--winsorize-image-intensities\s+(\[.*?\])", text)
     return PeerStage(
-        name="SyNQuick-rigid", source=f"{git_dir}:{path}",
+        name="SyNQuick-rigid", source=SYNQUICK_FILE,
         transform=_bracket(transform.group(1)),
         metric=metric_text,
         convergence=_bracket(variables["RIGIDCONVERGENCE"]),
@@ -207,19 +189,14 @@ def run_peer(peer: PeerStage, fixed: sitk.Image, moving: sitk.Image) -> sitk.Tra
         return ae.result_transform(prefix + ae.RESULT_SUFFIX, transform_kind="rigid")
 
 
-def run_ours(fixed: sitk.Image, moving: sitk.Image, fixed_head: sitk.Image | None,
-             moving_head: sitk.Image | None, fixed_modality: str, moving_modality: str, *,
+def run_ours(fixed: sitk.Image, moving: sitk.Image, fixed_head: sitk.Image,
+             moving_head: sitk.Image, fixed_modality: str, moving_modality: str, *,
              skip_finest: bool = False) -> sitk.Transform:
     preset = preset_for(fixed_modality, moving_modality)
     if skip_finest:  # evidence for the preset table: what the finest level buys with ANTs
         preset = replace(preset, iterations=(*preset.iterations[:-1], 0))
-    initial = None
-    if initial_alignment is not None and fixed_head is not None:
-        from OneClickRegistrationLib.preparation import PreparedPair
-
-        prepared = PreparedPair(fixed=fixed, moving=moving, fixed_head=fixed_head, moving_head=moving_head,
-                                notes=())  # type: ignore[arg-type]
-        initial = initial_alignment(prepared, preset.initialization)
+    prepared = PreparedPair(fixed=fixed, moving=moving, fixed_head=fixed_head, moving_head=moving_head, notes=())
+    initial = initial_alignment(prepared, preset.initialization)
     request = EngineRequest(fixed=fixed, moving=moving, preset=preset, initial_transform=initial)
     return ae.AntsEngine().run(request, RunOptions()).transform
 
@@ -247,7 +224,8 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=3, help="random misalignments per pair")
     parser.add_argument("--coarsen", type=float, default=1.0, help="scale voxel spacing (1.0 = real grids)")
     parser.add_argument("--pairs", default=",".join(f"{f}:{m}" for f, m in PAIRS))
-    parser.add_argument("--peers", default="slicerants,synquick", help="peer columns to run")
+    parser.add_argument("--columns", default="slicerants,synquick", help="peer columns to run")
+    add_peers_option(parser)
     parser.add_argument("--name", default="bench_ants_peers", help="results file name (without .json)")
     parser.add_argument("--no-variant", action="store_true",
                         help="skip the extra run of our preset without its finest level")
@@ -256,23 +234,14 @@ def main() -> None:
     print(f"runner: {ae.AntsEngine().runner().detail}")
 
     peers: list[PeerStage] = []
-    slicerants = _git_dir("ONECLICK_SLICERANTS_GIT", "netstim+SlicerANTs")
-    ants_repo = _git_dir("ONECLICK_ANTS_GIT", "ANTsX+ANTs")
-    if "slicerants" not in args.peers:
-        slicerants = None
-        print("SlicerANTs-Rigid column not asked for (--peers)")
-    elif slicerants is None:
-        print("SlicerANTs copy not found (set ONECLICK_SLICERANTS_GIT): SlicerANTs-Rigid column skipped")
-    else:
+    slicerants = locate_peer(SLICERANTS_FILE, "SlicerANTs-Rigid", args.peers, wanted="slicerants" in args.columns)
+    if slicerants is not None:
         peers.append(slicerants_rigid(slicerants))
     synquick_small = synquick_large = None
-    if "synquick" not in args.peers:
-        print("SyNQuick-rigid column not asked for (--peers)")
-    elif ants_repo is None:
-        print("ANTs copy not found (set ONECLICK_ANTS_GIT): SyNQuick-rigid column skipped")
-    else:
-        synquick_small = synquick_rigid(ants_repo, large_image=False)
-        synquick_large = synquick_rigid(ants_repo, large_image=True)
+    synquick_script = locate_peer(SYNQUICK_FILE, "SyNQuick-rigid", args.peers, wanted="synquick" in args.columns)
+    if synquick_script is not None:
+        synquick_small = synquick_rigid(synquick_script, large_image=False)
+        synquick_large = synquick_rigid(synquick_script, large_image=True)
     for peer in [*peers, synquick_small]:
         if peer is not None:
             print(f"{peer.name} from {peer.source}:\n  {' '.join(peer.arguments('F', 'M', 'OUT'))}")
@@ -283,13 +252,9 @@ def main() -> None:
     for index, case in enumerate(cases):
         pair = make_case_pair(case, coarsen=args.coarsen)
         preset = preset_for(case.fixed_modality, case.moving_modality)
-        if prepare_pair is not None:
-            prepared = prepare_pair(pair.fixed, pair.moving, preset)
-            fixed, moving = prepared.fixed, prepared.moving
-            heads = (prepared.fixed_head, prepared.moving_head)
-        else:  # pragma: no cover
-            fixed, moving = sitk.Cast(pair.fixed, sitk.sitkFloat32), sitk.Cast(pair.moving, sitk.sitkFloat32)
-            heads = (None, None)
+        prepared = prepare_pair(pair.fixed, pair.moving, preset)
+        fixed, moving = prepared.fixed, prepared.moving
+        heads = (prepared.fixed_head, prepared.moving_head)
         start = len(runs)
 
         def measure(method: str, register, case=case, index=index, pair=pair) -> None:

@@ -6,7 +6,9 @@ machine is shared and absolute times are noisy.
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -19,9 +21,60 @@ import numpy as np
 import SimpleITK as sitk
 
 from OneClickRegistrationLib import synthetic
+from OneClickRegistrationLib.errors import first_line
+from OneClickRegistrationLib.options import RegistrationOptions
+from OneClickRegistrationLib.pipeline import RegistrationResult, register
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SUCCESS_MM = 2.0  # a registration succeeds when its mean brain TRE is under this
+PEERS_ENV = "ONECLICK_PEERS_DIR"
+
+
+# --- the peers' files ----------------------------------------------------------------------------
+
+def add_peers_option(parser: argparse.ArgumentParser) -> None:
+    """``--peers DIR``: where the peers' files are (default: ``$ONECLICK_PEERS_DIR``)."""
+    parser.add_argument(
+        "--peers", type=Path, default=None, metavar="DIR",
+        help="a folder or git checkout holding the peers' files (SlicerElastix's Parameters_Rigid.txt, "
+             "SlicerANTs' Rigid.json, ANTs' antsRegistrationSyNQuick.sh), found by file name anywhere "
+             f"below it; default: ${PEERS_ENV}",
+    )
+
+
+def find_peer_file(name: str, peers: Path | None) -> Path | None:
+    """The file called ``name`` anywhere below ``peers`` (else ``$ONECLICK_PEERS_DIR``), or None.
+
+    When several files have that name, the shallowest (then alphabetically first) is used.
+    """
+    folder = peers if peers is not None else (Path(os.environ[PEERS_ENV]) if os.environ.get(PEERS_ENV) else None)
+    if folder is None or not folder.is_dir():
+        return None
+    matches = sorted((p for p in folder.rglob(name) if p.is_file()), key=lambda p: (len(p.parts), str(p)))
+    return matches[0] if matches else None
+
+
+def locate_peer(name: str, column: str, peers: Path | None, *, wanted: bool = True) -> Path | None:
+    """The file called ``name`` for the peer ``column``; prints which file is used or why the column
+    is skipped (not asked for, or not found)."""
+    if not wanted:
+        print(f"{column}: column not asked for")
+        return None
+    path = find_peer_file(name, peers)
+    if path is None:
+        print(f"{column}: {name} not found below --peers / ${PEERS_ENV}; column skipped "
+              "(pass a folder or git checkout that contains it)")
+    else:
+        print(f"{column}: {path}")
+    return path
+
+
+# --- our side ------------------------------------------------------------------------------------
+
+def register_case(pair: synthetic.SyntheticPair, options: RegistrationOptions) -> RegistrationResult:
+    """Our one-click registration of a synthetic pair, its modalities given (as a user would)."""
+    return register(pair.fixed, pair.moving, options=options, fixed_modality=pair.fixed_modality.value,
+                    moving_modality=pair.moving_modality.value)
 
 
 @dataclass(frozen=True)
@@ -53,9 +106,15 @@ def random_cases(pairs: Sequence[tuple[str, str]], per_pair: int, *, max_rotatio
             trans = rng.uniform(-1.0, 1.0, 3)
             trans = trans / np.linalg.norm(trans) * rng.uniform(0.3, 1.0) * max_translation_mm
             shift = rng.uniform(-max_fov_shift_mm, max_fov_shift_mm, 3)
-            cases.append(Case(fixed, moving, tuple(np.round(rot, 2)), tuple(np.round(trans, 2)),  # type: ignore[arg-type]
-                              tuple(np.round(shift, 2)), int(rng.integers(0, 2**31))))  # type: ignore[arg-type]
+            cases.append(Case(fixed, moving, _rounded(rot), _rounded(trans), _rounded(shift),
+                              int(rng.integers(0, 2**31))))
     return cases
+
+
+def _rounded(values: np.ndarray) -> tuple[float, float, float]:
+    """Plain Python floats (they print and serialize as numbers, not numpy reprs)."""
+    x, y, z = (round(float(v), 2) for v in values)
+    return x, y, z
 
 
 def make_case_pair(case: Case, *, coarsen: float = 1.0) -> synthetic.SyntheticPair:
@@ -92,7 +151,7 @@ def timed(method: str, pair_name: str, index: int, pair: synthetic.SyntheticPair
         transform = register(pair)
     except Exception as exc:  # a peer's failure is a data point
         return Run(method, pair_name, index, float("inf"), time.perf_counter() - start,
-                   f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+                   f"{type(exc).__name__}: {first_line(exc)[:120]}")
     return Run(method, pair_name, index, mean_tre(transform, pair), time.perf_counter() - start)
 
 

@@ -2,18 +2,17 @@
 
 For every synthetic case (T1 fixed; T1/T2/FLAIR/CT moving; random misalignments up to 25 deg / 30 mm):
 
-* **ours**: the one-click pipeline with ``engine="elastix"`` when ``OneClickRegistrationLib.pipeline``
-  imports (its preparation and initializer), else the Elastix adapter alone with its preset
-  (images as the pipeline prepares them: float32, CT windowed; moments start). ``--mode`` forces one.
-* **peer**: SlicerElastix's ``Parameters_Rigid.txt`` (its "default-rigid" preset), read at run time
-  from a fetched copy of lassoan/SlicerElastix (never stored here), run by the same ``elastix``
-  executable the way SlicerElastix runs it: the volumes as they are, written to .mha, then
-  ``elastix -f fixed.mha -m moving.mha -p Parameters_Rigid.txt -out <dir>``.
+* **ours**: the one-click pipeline with ``engine="elastix"`` (recovery included, as a user gets it;
+  ``--no-recover`` turns it off);
+* **peer**: SlicerElastix's ``Parameters_Rigid.txt`` (its "default-rigid" preset), run by the same
+  ``elastix`` executable the way SlicerElastix runs it: the volumes as they are, written to .mha,
+  then ``elastix -f fixed.mha -m moving.mha -p Parameters_Rigid.txt -out <dir>``.
 
-The fetched copy is a bare git directory: ``$SLICERELASTIX_GIT_DIR``, else the first
-``/work/.mirror/*SlicerElastix*`` holding one. Without it the peer column is skipped with a message.
+The peer's file is taken from the folder given with ``--peers DIR`` (or ``$ONECLICK_PEERS_DIR``): a
+folder or a SlicerElastix git checkout containing ``Parameters_Rigid.txt`` anywhere below it.
+Without it the peer column is skipped with a message.
 
-Run: ``python Testing/Benchmarks/bench_elastix_peers.py [--per-pair 3] [--coarsen 1.0]``.
+Run: ``python Testing/Benchmarks/bench_elastix_peers.py --peers DIR [--per-pair 3] [--coarsen 1.0]``.
 Prints per (method, pair) success rate (mean brain TRE < 2 mm), median TRE and wall time, then per
 pair the medians of two per-case time ratios: ``time_ratio_ours_to_peer`` (whole calls: our pipeline
 also detects, prepares, scores, judges and resamples; the peer's parameter file makes elastix write
@@ -24,14 +23,12 @@ peer minus its result-image writing, as elastix reports it). Writes results/benc
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,40 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc
 
 from OneClickRegistrationLib import synthetic
-from OneClickRegistrationLib.engines.base import EngineRequest, EngineSettings, RunOptions
+from OneClickRegistrationLib.engines.base import EngineSettings
 from OneClickRegistrationLib.engines.elastix_engine import ElastixEngine
 from OneClickRegistrationLib.engines.elastix_parameters import transform_from_parameter_file
-from OneClickRegistrationLib.preparation import initial_alignment, prepare_pair
-from OneClickRegistrationLib.presets import preset_for
+from OneClickRegistrationLib.options import RegistrationOptions
 
 PAIRS = [("T1", "T1"), ("T1", "T2"), ("T1", "FLAIR"), ("T1", "CT")]
 PEER_PARAMETER_FILE = "Parameters_Rigid.txt"
 OURS, PEER = "ours (elastix preset)", "SlicerElastix default rigid"
-
-
-def find_peer_git_dir() -> Path | None:
-    explicit = os.environ.get("SLICERELASTIX_GIT_DIR")
-    candidates = [Path(explicit)] if explicit else []
-    mirror = Path("/work/.mirror")
-    if mirror.is_dir():
-        for folder in sorted(mirror.glob("*SlicerElastix*")):
-            candidates += [folder / "repo", folder / ".git", folder]
-    for candidate in candidates:
-        if (candidate / "HEAD").is_file() and (candidate / "objects").is_dir():
-            return candidate
-    return None
-
-
-def read_peer_parameters(git_dir: Path) -> tuple[str, str]:
-    """(path inside the repository, text) of SlicerElastix's default rigid parameter file."""
-    names = subprocess.run(["git", f"--git-dir={git_dir}", "ls-tree", "-r", "--name-only", "HEAD"],
-                           check=True, capture_output=True, text=True).stdout.splitlines()
-    matches = [n for n in names if n.rsplit("/", 1)[-1] == PEER_PARAMETER_FILE]
-    if not matches:
-        raise FileNotFoundError(f"{PEER_PARAMETER_FILE} is not in {git_dir}")
-    text = subprocess.run(["git", f"--git-dir={git_dir}", "show", f"HEAD:{matches[0]}"],
-                          check=True, capture_output=True, text=True).stdout
-    return matches[0], text
 
 
 _SAVING = re.compile(r"Time spent on saving the results, applying the final transform etc\.: (\d+) ms")
@@ -108,30 +79,9 @@ def run_peer(pair: synthetic.SyntheticPair, parameters: str, elastix: str,
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def ours_with_adapter(pair: synthetic.SyntheticPair, notes: dict[str, object]) -> sitk.Transform:
-    preset = preset_for(pair.fixed_modality, pair.moving_modality)
-    fixed = sitk.Cast(pair.fixed, sitk.sitkFloat32)
-    moving = sitk.Cast(pair.moving, sitk.sitkFloat32)
-    if preset.fixed_ct_window is not None:
-        fixed = sitk.Clamp(fixed, sitk.sitkFloat32, *preset.fixed_ct_window)
-    if preset.moving_ct_window is not None:
-        moving = sitk.Clamp(moving, sitk.sitkFloat32, *preset.moving_ct_window)
-    # The start the pipeline gives every engine (engines no longer initialize themselves).
-    initial = initial_alignment(prepare_pair(pair.fixed, pair.moving, preset), preset.initialization)
-    request = EngineRequest(fixed=fixed, moving=moving, preset=preset, transform_kind=preset.transform,
-                            initial_transform=initial)
-    start = time.perf_counter()
-    transform = ElastixEngine(EngineSettings()).run(request, RunOptions()).transform
-    notes["engine_s"] = time.perf_counter() - start
-    return transform
-
-
-def ours_with_pipeline() -> Callable[[synthetic.SyntheticPair, dict[str, object]], sitk.Transform]:
-    from OneClickRegistrationLib.pipeline import register
-
+def ours(options: RegistrationOptions) -> Callable[[synthetic.SyntheticPair, dict[str, object]], sitk.Transform]:
     def run(pair: synthetic.SyntheticPair, notes: dict[str, object]) -> sitk.Transform:
-        result = register(pair.fixed, pair.moving, fixed_modality=str(pair.fixed_modality),
-                          moving_modality=str(pair.moving_modality), engine="elastix")
+        result = bc.register_case(pair, options)
         # The engine's share: the pipeline also detects, prepares, scores, judges and resamples.
         notes["engine_s"] = sum(a.elapsed_s for a in result.attempts)
         notes["attempts"] = len(result.attempts)
@@ -145,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-pair", type=int, default=3)
     parser.add_argument("--coarsen", type=float, default=1.0)
-    parser.add_argument("--mode", choices=("auto", "pipeline", "adapter"), default="auto")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--no-recover", action="store_true", help="our pipeline tries no other starts")
+    bc.add_peers_option(parser)
     args = parser.parse_args(argv)
 
     availability = ElastixEngine(EngineSettings()).availability()
@@ -154,30 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Skipped: {availability.detail}")
         return 0
     elastix = str(ElastixEngine(EngineSettings()).executable())
-    mode, ours = args.mode, None
-    if mode in ("auto", "pipeline"):
-        try:
-            ours = ours_with_pipeline()
-            mode = "pipeline"
-        except ImportError as exc:
-            if mode == "pipeline":
-                raise
-            print(f"Pipeline not importable ({exc}); ours runs through the Elastix adapter alone.")
-    if ours is None:
-        ours, mode = ours_with_adapter, "adapter"
-
-    git_dir = find_peer_git_dir()
-    peer_parameters = peer_path = None
-    if git_dir is None:
-        print("Peer column skipped: no fetched lassoan/SlicerElastix "
-              "(set SLICERELASTIX_GIT_DIR to its git dir).")
-    else:
-        peer_path, peer_parameters = read_peer_parameters(git_dir)
-        head = subprocess.run(["git", f"--git-dir={git_dir}", "rev-parse", "HEAD"], capture_output=True,
-                              text=True).stdout.strip()
-        print(f"Peer: {peer_path} from lassoan/SlicerElastix {head[:10]} ({git_dir})")
-    print(f"{availability.detail}; ours via the {mode}; coarsen {args.coarsen}; "
-          f"{args.per_pair} cases per pair")
+    ours_run = ours(RegistrationOptions(engine="elastix", recover=not args.no_recover))
+    peer_file = bc.locate_peer(PEER_PARAMETER_FILE, PEER, args.peers)
+    peer_parameters = peer_file.read_text(encoding="utf-8") if peer_file is not None else None
+    print(f"{availability.detail}; coarsen {args.coarsen}; {args.per_pair} cases per pair; "
+          f"recovery {'off' if args.no_recover else 'on'}")
 
     cases = bc.random_cases(PAIRS, args.per_pair, seed=args.seed)
     runs: list[bc.Run] = []
@@ -186,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         pair = bc.make_case_pair(case, coarsen=args.coarsen)
         mine = notes.setdefault((OURS, index), {})
         methods: list[tuple[str, Callable[[synthetic.SyntheticPair], sitk.Transform]]] = [
-            (OURS, lambda p, mine=mine: ours(p, mine))]
+            (OURS, lambda p, mine=mine: ours_run(p, mine))]
         if peer_parameters is not None:
             theirs = notes.setdefault((PEER, index), {})
             methods.append((PEER, lambda p, theirs=theirs: run_peer(p, peer_parameters, elastix, theirs)))
@@ -230,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
         bc.print_table(comparison, list(comparison[0]))
     path = bc.write_json("bench_elastix_peers", {
-        "elastix": availability.detail, "ours_mode": mode, "coarsen": args.coarsen,
-        "per_pair": args.per_pair, "peer_parameter_file": peer_path, "success_mm": bc.SUCCESS_MM,
+        "elastix": availability.detail, "recover": not args.no_recover, "coarsen": args.coarsen,
+        "per_pair": args.per_pair, "peer_parameter_file": PEER_PARAMETER_FILE if peer_file else None,
+        "success_mm": bc.SUCCESS_MM,
         "cases": cases, "runs": runs, "notes": {f"{m}#{i}": n for (m, i), n in notes.items()}, "summary": rows,
         "comparison": comparison,
     })

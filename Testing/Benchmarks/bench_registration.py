@@ -24,13 +24,14 @@ from bench_common import (
     make_case_pair,
     print_table,
     random_cases,
+    register_case,
     summarize,
     timed,
     write_json,
 )
 
 from OneClickRegistrationLib.engines import engine_availability
-from OneClickRegistrationLib.pipeline import register
+from OneClickRegistrationLib.options import RegistrationOptions
 
 PAIRS = [("T1", "T1"), ("T1", "T2"), ("T1", "FLAIR"), ("T1", "CT"), ("CT", "T1"), ("T2", "FLAIR")]
 
@@ -72,10 +73,10 @@ def main() -> None:
     for index, case in enumerate(cases):
         pair = make_case_pair(case, coarsen=args.coarsen)
         for engine in engines:
-            def ours(p, engine=engine, case=case):
-                return register(p.fixed, p.moving, fixed_modality=case.fixed_modality,
-                                moving_modality=case.moving_modality, engine=engine,
-                                recover=not args.no_recover).transform
+            options = RegistrationOptions(engine=engine, recover=not args.no_recover)
+
+            def ours(p, options=options):
+                return register_case(p, options).transform
             runs.append(timed(f"oneclick[{engine}]", case.pair_name, index, pair, ours))
         runs.append(timed("textbook-sitk-MI", case.pair_name, index, pair,
                           lambda p: textbook_mi(p.fixed, p.moving)))

@@ -45,7 +45,7 @@ BINS = 32
 
 def ours(names: tuple[str, ...]) -> Callable[[sitk.Image, sitk.Image, sitk.Transform], dict[str, float | None]]:
     def run(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> dict[str, float | None]:
-        results = metrics.score_many(fixed, moving, transform=transform, metrics=names)
+        results = metrics.score(fixed, moving, transform=transform, metric=names)
         return {name: r.value for name, r in results.items()}
     return run
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import mean_tre, print_table, write_json
+from bench_common import mean_tre, print_table, register_case, write_json
 
 from OneClickRegistrationLib import synthetic
-from OneClickRegistrationLib.errors import OneClickError
-from OneClickRegistrationLib.pipeline import register
+from OneClickRegistrationLib.errors import OneClickError, first_line
+from OneClickRegistrationLib.options import RegistrationOptions
 
 PAIRS = [("T1", "T2"), ("T1", "CT"), ("T1", "FLAIR"), ("T1", "T1")]
 
@@ -102,12 +102,11 @@ def main() -> None:
         for recover in (False, True):
             start = time.perf_counter()
             try:
-                result = register(pair.fixed, pair.moving, fixed_modality=case.fixed, moving_modality=case.moving,
-                                  engine=args.engine, recover=recover)
+                result = register_case(pair, RegistrationOptions(engine=args.engine, recover=recover))
             except OneClickError as exc:  # an engine failure is a data point, not the end of the run
                 record = {"case": index, "kind": case.kind, "pair": f"{case.moving}->{case.fixed}",
                           "recover": recover, "tre_mm": float("inf"), "verdict": "error",
-                          "reasons": [str(exc).splitlines()[0]], "evidence": {}, "attempts": 0,
+                          "reasons": [first_line(exc)], "evidence": {}, "attempts": 0,
                           "seconds": time.perf_counter() - start, "rotation_deg": case.rotation_deg,
                           "translation_mm": case.translation_mm}
             else:

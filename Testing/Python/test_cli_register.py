@@ -133,3 +133,38 @@ def test_outputs_are_all_or_nothing_when_a_late_step_fails(t1_t2_pair: synthetic
     with pytest.raises(InputError, match="simulated"):
         outputs.write_outputs(shifted, t1_t2_pair.fixed, out)
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
+def test_keep_temp_says_where_the_engine_folder_was_kept(pair_files: tuple[Path, Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    fixed, moving = pair_files
+    out = tmp_path / "out"
+    assert main([str(fixed), str(moving), "-o", str(out), "--engine", "elastix", "--no-recover", "--quiet",
+                 "--keep-temp"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Engine work folder kept in ")]
+    assert len(printed) == 1
+    kept = Path(printed[0].removeprefix("Engine work folder kept in "))
+    try:
+        assert kept.is_dir() and any(kept.iterdir())
+        report = json.loads((out / "report.json").read_text())
+        assert report["kept_temp_dirs"] == [str(kept)] and report["kept_temp_dir"] == str(kept)
+    finally:
+        import shutil
+
+        shutil.rmtree(kept, ignore_errors=True)
+
+
+def test_one_summary_feeds_the_report_and_the_line(t1_t2_pair: synthetic.SyntheticPair) -> None:
+    from OneClickRegistrationLib.cli_register import summary_line
+    from OneClickRegistrationLib.pipeline import SUMMARY_FIELDS, failure_summary, judge_transform
+
+    result = judge_transform(t1_t2_pair.fixed, t1_t2_pair.moving, t1_t2_pair.truth, fixed_name="t1.nrrd",
+                             moving_name="t2.nrrd", fixed_modality="T1", moving_modality="T2")
+    summary = result.summary()
+    assert tuple(summary) == SUMMARY_FIELDS == tuple(failure_summary("a", "b", "boom"))
+    assert (summary["fixed"], summary["moving"], summary["status"]) == ("t1.nrrd", "t2.nrrd", "ok")
+    assert summary["reasons"] == "; ".join(result.verdict.reasons)
+    report = result.to_report()
+    assert {key: report[key] for key in SUMMARY_FIELDS} == summary
+    line = summary_line(result)
+    assert summary["verdict"].upper() in line and f"{summary['score_after']:.4f}" in line

@@ -12,12 +12,10 @@ import SimpleITK as sitk
 from OneClickRegistrationLib import metrics
 from OneClickRegistrationLib.errors import InputError
 from OneClickRegistrationLib.metrics import (
+    METRICS,
     ScoreResult,
     resample_with_validity,
     score,
-    score_many,
-    score_many_resampled,
-    score_resampled,
 )
 
 
@@ -105,7 +103,7 @@ def test_mi_and_nmi_hand_computed():
     h_f = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
     h_m = math.log(2.0)
     h_joint = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
-    results = score_many(f, m, metrics=("mi", "nmi"), bins=2, min_overlap_voxels=1)
+    results = score(f, m, metric=("mi", "nmi"), bins=2, min_overlap_voxels=1)
     assert results["mi"].value == pytest.approx(h_f + h_m - h_joint, abs=1e-14)
     assert results["nmi"].value == pytest.approx((h_f + h_m) / h_joint, abs=1e-14)
     assert results["mi"].bins == 2 and results["nmi"].bins == 2
@@ -114,11 +112,11 @@ def test_mi_and_nmi_hand_computed():
 def test_mi_of_independent_and_identical_binary_images():
     f = np.array([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int16).reshape(2, 2, 2)
     m = np.array([0, 1, 0, 1, 0, 1, 0, 1], dtype=np.int16).reshape(2, 2, 2)
-    independent = score_many(make_image(f), make_image(m), metrics=("mi", "nmi"), bins=2,
+    independent = score(make_image(f), make_image(m), metric=("mi", "nmi"), bins=2,
                              min_overlap_voxels=1)
     assert independent["mi"].value == pytest.approx(0.0, abs=1e-15)
     assert independent["nmi"].value == pytest.approx(1.0, abs=1e-15)
-    same = score_many(make_image(f), make_image(f), metrics=("mi", "nmi"), bins=2, min_overlap_voxels=1)
+    same = score(make_image(f), make_image(f), metric=("mi", "nmi"), bins=2, min_overlap_voxels=1)
     assert same["mi"].value == pytest.approx(math.log(2.0), abs=1e-15)
     assert same["nmi"].value == pytest.approx(2.0, abs=1e-15)
 
@@ -184,7 +182,7 @@ def test_mi_nmi_match_numpy_reference_on_exact_shifts(shift):
     ym = slice(yf.start + sy, yf.stop + sy)
     xm = slice(xf.start + sx, xf.stop + sx)
     expected_mi, expected_nmi = reference_mi(f[zf, yf, xf], m[zm, ym, xm], bins=16)
-    results = score_many(make_image(f), make_image(m), transform=transform, bins=16)
+    results = score(make_image(f), make_image(m), transform=transform, bins=16, metric=METRICS)
     assert results["mi"].overlap_voxels == f[zf, yf, xf].size
     assert results["mi"].value == pytest.approx(expected_mi, rel=1e-12)
     assert results["nmi"].value == pytest.approx(expected_nmi, rel=1e-12)
@@ -233,7 +231,7 @@ def test_every_pixel_type_scores_like_float64(dtype):
     else:
         f = (1e4 + 3e3 * base).astype(dtype)
         m = (1e4 + 3e3 * other).astype(dtype)
-    results = score_many(make_image(f), make_image(m))
+    results = score(make_image(f), make_image(m), metric=METRICS)
     f64, m64 = f.astype(np.float64).ravel(), m.astype(np.float64).ravel()
     assert results["ncc"].value == pytest.approx(np.corrcoef(f64, m64)[0, 1], abs=1e-12)
     assert -1.0 <= results["ncc"].value <= 1.0
@@ -267,8 +265,8 @@ def test_int16_ct_overflows_the_naive_formula_but_not_ours():
 def test_extreme_float64_magnitudes(magnitude):
     f = smooth_noise((8, 9, 10), seed=16)
     m = smooth_noise((8, 9, 10), seed=17) + f
-    expected = score_many(make_image(f), make_image(m), min_overlap_voxels=1)
-    scaled = score_many(make_image(f * magnitude), make_image(m * magnitude), min_overlap_voxels=1)
+    expected = score(make_image(f), make_image(m), min_overlap_voxels=1, metric=METRICS)
+    scaled = score(make_image(f * magnitude), make_image(m * magnitude), min_overlap_voxels=1, metric=METRICS)
     for name in metrics.METRICS:
         assert scaled[name].ok, scaled[name].message
         assert scaled[name].value == pytest.approx(expected[name].value, abs=1e-6)
@@ -309,7 +307,7 @@ def test_fill_value_never_changes_the_score(metric):
     naive = set()
     for fill in (0.0, -1000.0, -1024.0, 1e6):
         resampled = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, fill, sitk.sitkFloat32)
-        result = score_resampled(fixed, resampled, valid, metric=metric)
+        result = score(fixed, resampled, resampled=True, valid_mask=valid, metric=metric)
         seen.add((result.value, result.overlap_voxels))
         if metric == "ncc":
             naive.add(np.corrcoef(sitk.GetArrayViewFromImage(fixed).ravel(),
@@ -324,10 +322,10 @@ def test_score_equals_score_resampled_of_resample_with_validity():
     resampled, valid = resample_with_validity(fixed, moving, transform)
     assert resampled.GetPixelID() == sitk.sitkFloat32
     assert np.isnan(sitk.GetArrayViewFromImage(resampled)[~valid]).all()
-    direct = score_many(fixed, moving, transform=transform)
-    again = score_many_resampled(fixed, resampled, valid)
+    direct = score(fixed, moving, transform=transform, metric=METRICS)
+    again = score(fixed, resampled, resampled=True, valid_mask=valid, metric=METRICS)
     assert direct == again
-    as_array = score_many_resampled(fixed, sitk.GetArrayFromImage(resampled), valid)
+    as_array = score(fixed, sitk.GetArrayFromImage(resampled), resampled=True, valid_mask=valid, metric=METRICS)
     assert as_array == direct
 
 
@@ -362,8 +360,8 @@ def test_fixed_nonfinite_voxels_are_ignored_and_counted():
     f_nan = f.copy()
     f_nan[bad] = [np.nan, np.inf, -np.inf]
     keep = make_image((~bad).astype(np.uint8))
-    result = score_many(make_image(f_nan), make_image(m))
-    reference = score_many(make_image(f), make_image(m), fixed_mask=keep)
+    result = score(make_image(f_nan), make_image(m), metric=METRICS)
+    reference = score(make_image(f), make_image(m), fixed_mask=keep, metric=METRICS)
     for name in metrics.METRICS:
         assert result[name].nonfinite_voxels == 3
         assert result[name].overlap_voxels == reference[name].overlap_voxels
@@ -413,7 +411,7 @@ def test_float_mask_with_zero_and_one_is_accepted():
 
 def test_empty_overlap():
     f = smooth_noise((8, 8, 8), seed=30)
-    results = score_many(make_image(f), make_image(f), transform=sitk.TranslationTransform(3, (100.0, 0, 0)))
+    results = score(make_image(f), make_image(f), transform=sitk.TranslationTransform(3, (100.0, 0, 0)), metric=METRICS)
     for result in results.values():
         assert result.status == "empty_overlap"
         assert result.value is None and not result.ok
@@ -456,7 +454,7 @@ def test_zero_variance(fixed_constant, moving_constant, word):
     f = smooth_noise((8, 8, 8), seed=34)
     fixed = np.full(f.shape, 0.1) if fixed_constant else f
     moving = np.full(f.shape, -1024.0) if moving_constant else f
-    results = score_many(make_image(fixed), make_image(moving), min_overlap_voxels=1)
+    results = score(make_image(fixed), make_image(moving), min_overlap_voxels=1, metric=METRICS)
     for result in results.values():
         assert result.status == "zero_variance"
         assert result.value is None
@@ -497,7 +495,7 @@ def test_result_is_frozen_and_json_ready():
 
 def test_score_many_equals_single_scores():
     fixed, moving, transform = _ct_pair()
-    many = score_many(fixed, moving, transform=transform)
+    many = score(fixed, moving, transform=transform, metric=METRICS)
     for name in metrics.METRICS:
         assert score(fixed, moving, transform=transform, metric=name) == many[name]
 
@@ -512,7 +510,7 @@ def _image_2d() -> sitk.Image:
     (lambda f: score(f, sitk.Image([4, 4, 4], sitk.sitkVectorFloat32, 3)), "scalar"),
     (lambda f: score(f, sitk.Image([4, 4, 4], sitk.sitkComplexFloat32)), "real scalar pixel type"),
     (lambda f: score(f, f, metric="cc"), "Unknown metric"),
-    (lambda f: score_many(f, f, metrics=()), "No metric"),
+    (lambda f: score(f, f, metric=()), "No metric"),
     (lambda f: score(f, f, bins=1), "bins"),
     (lambda f: score(f, f, bins=2.5), "bins"),  # type: ignore[arg-type]
     (lambda f: score(f, f, min_overlap_fraction=1.5), "min_overlap_fraction"),
@@ -521,8 +519,8 @@ def _image_2d() -> sitk.Image:
     (lambda f: score(f, f, transform="identity"), "SimpleITK transform"),  # type: ignore[arg-type]
     (lambda f: score(f, f, fixed_mask=sitk.Image([4, 4, 5], sitk.sitkUInt8)), "fixed mask must lie on"),
     (lambda f: score(f, f, fixed_mask=make_image(np.full((4, 4, 4), 0.5, np.float32))), "only 0 and 1"),
-    (lambda f: score_resampled(f, np.zeros((4, 4, 5)), None), "array shape"),
-    (lambda f: score_resampled(f, np.zeros((4, 4, 4)), np.ones((4, 4, 4), np.uint8)), "boolean"),
+    (lambda f: score(f, np.zeros((4, 4, 5)), resampled=True, valid_mask=None), "array shape"),
+    (lambda f: score(f, np.zeros((4, 4, 4)), resampled=True, valid_mask=np.ones((4, 4, 4), np.uint8)), "boolean"),
 ], ids=["array", "2d", "vector", "complex", "metric", "no-metric", "bins", "bins-float", "fraction",
         "voxels", "transform-2d", "transform-type", "mask-grid", "mask-float", "shape", "valid-dtype"])
 def test_wrong_inputs_raise_input_error(call, words):
@@ -554,8 +552,8 @@ def test_inputs_are_not_modified():
     resampled, valid = resample_with_validity(fixed, moving, transform)
     valid_before = valid.copy()
     mask = make_image(np.ones(valid.shape, np.uint8), spacing=fixed.GetSpacing())
-    score_many_resampled(fixed, resampled, valid, fixed_mask=mask)
-    score_many(fixed, moving, transform=transform, fixed_mask=mask, moving_mask=mask)
+    score(fixed, resampled, resampled=True, valid_mask=valid, fixed_mask=mask, metric=METRICS)
+    score(fixed, moving, transform=transform, fixed_mask=mask, moving_mask=mask, metric=METRICS)
     assert np.array_equal(valid, valid_before)
     assert np.array_equal(sitk.GetArrayViewFromImage(fixed), before[0])
     assert np.array_equal(sitk.GetArrayViewFromImage(moving), before[1])
@@ -563,11 +561,11 @@ def test_inputs_are_not_modified():
 
 def test_two_thread_split_gives_the_single_pass_result(monkeypatch):
     fixed, moving, transform = _ct_pair()
-    single = score_many(fixed, moving, transform=transform)
+    single = score(fixed, moving, transform=transform, metric=METRICS)
     # Make this small pair take the two-thread path, with blocks small enough to split it.
     monkeypatch.setattr(metrics, "_PARALLEL_MIN_VOXELS", 1000)
     monkeypatch.setattr(metrics, "_CHUNK", 997)
-    split = score_many(fixed, moving, transform=transform)
+    split = score(fixed, moving, transform=transform, metric=METRICS)
     for name in metrics.METRICS:
         assert split[name].overlap_voxels == single[name].overlap_voxels
         assert split[name].value == pytest.approx(single[name].value, rel=1e-12)
@@ -584,13 +582,13 @@ def test_masked_score_resamples_only_the_mask_box_and_matches_the_full_grid(with
     fixed_mask = make_image(head, spacing=fixed.GetSpacing())
     moving_mask = make_image((sitk.GetArrayViewFromImage(moving) > -500).astype(np.uint8),
                              spacing=moving.GetSpacing()) if with_moving_mask else None
-    boxed = score_many(fixed, moving, transform=transform, fixed_mask=fixed_mask, moving_mask=moving_mask)
+    boxed = score(fixed, moving, transform=transform, fixed_mask=fixed_mask, moving_mask=moving_mask, metric=METRICS)
     # The same thing on the whole grid, through the public two-step route.
     resampled, valid = resample_with_validity(fixed, moving, transform)
     if moving_mask is not None:
         moved_mask = sitk.Resample(moving_mask, fixed, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         valid &= sitk.GetArrayViewFromImage(moved_mask) > 0
-    full = score_many_resampled(fixed, resampled, valid, fixed_mask=fixed_mask)
+    full = score(fixed, resampled, resampled=True, valid_mask=valid, fixed_mask=fixed_mask, metric=METRICS)
     for name in metrics.METRICS:
         assert boxed[name].ok
         assert boxed[name].overlap_voxels == full[name].overlap_voxels

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from OneClickRegistrationLib import metrics
 from OneClickRegistrationLib.errors import InputError
 from OneClickRegistrationLib.metrics import (
+    METRICS,
     resample_with_validity,
-    score_many,
-    score_many_resampled,
+    score,
 )
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -115,8 +115,8 @@ def test_any_valid_input_gives_a_consistent_result(seed, with_fixed_mask, with_m
     fixed, moving = random_image(rng), random_image(rng)
     fixed_mask = random_mask_like(rng, fixed) if with_fixed_mask else None
     moving_mask = random_mask_like(rng, moving) if with_moving_mask else None
-    results = score_many(fixed, moving, transform=random_transform(rng), fixed_mask=fixed_mask,
-                         moving_mask=moving_mask, bins=bins, min_overlap_voxels=1, min_overlap_fraction=0.0)
+    results = score(fixed, moving, metric=METRICS, transform=random_transform(rng), fixed_mask=fixed_mask,
+                    moving_mask=moving_mask, bins=bins, min_overlap_voxels=1, min_overlap_fraction=0.0)
     assert list(results) == list(metrics.METRICS)
     for name, result in results.items():
         check_result(result, name)
@@ -133,7 +133,7 @@ def test_a_mask_on_another_grid_is_the_only_error(seed):
     if other.GetSize() == fixed.GetSize():
         other = random_image(rng, shape=tuple(s + 1 for s in reversed(fixed.GetSize())))
     with pytest.raises(InputError, match="must lie on the fixed image's voxel grid"):
-        score_many(fixed, fixed, fixed_mask=random_mask_like(rng, other))
+        score(fixed, fixed, fixed_mask=random_mask_like(rng, other), metric=METRICS)
 
 
 @SETTINGS
@@ -147,11 +147,12 @@ def test_fill_value_never_changes_any_score(seed, dtype):
     moving.SetDirection(fixed.GetDirection())
     transform = sitk.TranslationTransform(3, [float(t) for t in rng.uniform(-8, 8, size=3)])
     _, valid = resample_with_validity(fixed, moving, transform)
-    direct = score_many(fixed, moving, transform=transform, min_overlap_voxels=1, min_overlap_fraction=0.0)
+    direct = score(fixed, moving, transform=transform, min_overlap_voxels=1, min_overlap_fraction=0.0, metric=METRICS)
     output = sitk.sitkFloat32 if np.dtype(dtype).itemsize <= 2 or dtype == np.float32 else sitk.sitkFloat64
     for fill in (0.0, -1000.0, -1024.0, 1e6):
         resampled = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, fill, output)
-        again = score_many_resampled(fixed, resampled, valid, min_overlap_voxels=1, min_overlap_fraction=0.0)
+        again = score(fixed, resampled, resampled=True, valid_mask=valid, metric=METRICS, min_overlap_voxels=1,
+                      min_overlap_fraction=0.0)
         for name in metrics.METRICS:
             # Inf in the moving image is the one case ITK's resampler alters (it clamps Inf).
             if not np.isinf(sitk.GetArrayViewFromImage(moving)).any():
@@ -174,8 +175,8 @@ def test_every_metric_is_symmetric_on_a_common_grid(seed):
     image_a, b, valid = _float_pair(rng)
     a = sitk.GetArrayFromImage(image_a)
     image_b = sitk.GetImageFromArray(b)
-    forward = score_many_resampled(image_a, b, valid, min_overlap_voxels=1)
-    backward = score_many_resampled(image_b, a, valid, min_overlap_voxels=1)
+    forward = score(image_a, b, resampled=True, valid_mask=valid, min_overlap_voxels=1, metric=METRICS)
+    backward = score(image_b, a, resampled=True, valid_mask=valid, min_overlap_voxels=1, metric=METRICS)
     for name in metrics.METRICS:
         assert forward[name].status == backward[name].status
         if forward[name].ok:
@@ -187,17 +188,18 @@ def test_every_metric_is_symmetric_on_a_common_grid(seed):
 def test_intensity_maps(seed, gain, offset):
     rng = np.random.default_rng(seed)
     image_a, b, valid = _float_pair(rng)
-    base = score_many_resampled(image_a, b, valid, min_overlap_voxels=1)
+    base = score(image_a, b, resampled=True, valid_mask=valid, min_overlap_voxels=1, metric=METRICS)
     if not base["ncc"].ok:
         return
     # The offset is relative to the spread, so float64 still resolves the mapped values.
     mapped_b = gain * b + offset * gain * float(np.std(b[valid]))
-    mapped = score_many_resampled(image_a, mapped_b, valid, min_overlap_voxels=1)
-    negated = score_many_resampled(image_a, -b, valid, min_overlap_voxels=1)
+    mapped = score(image_a, mapped_b, resampled=True, valid_mask=valid, min_overlap_voxels=1, metric=METRICS)
+    negated = score(image_a, -b, resampled=True, valid_mask=valid, min_overlap_voxels=1, metric=METRICS)
     assert mapped["ncc"].value == pytest.approx(base["ncc"].value, abs=1e-6)
     assert negated["ncc"].value == pytest.approx(-base["ncc"].value, abs=1e-12)
     # NMI/MI are invariant to a positive affine map up to values that cross a bin edge by rounding.
     assert mapped["nmi"].value == pytest.approx(base["nmi"].value, abs=0.05)
-    itself = score_many_resampled(image_a, sitk.GetArrayFromImage(image_a), valid, min_overlap_voxels=1)
+    itself = score(image_a, sitk.GetArrayFromImage(image_a), resampled=True, valid_mask=valid, min_overlap_voxels=1,
+                   metric=METRICS)
     assert itself["ncc"].value == pytest.approx(1.0, abs=1e-12)
     assert itself["nmi"].value == pytest.approx(2.0, abs=1e-12)

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
+from robustness_support import fingerprint
 
 from OneClickRegistrationLib import synthetic
 from OneClickRegistrationLib.errors import CancelledError, EngineUnavailableError, InputError
@@ -15,15 +15,10 @@ from OneClickRegistrationLib.presets import preset_for
 from OneClickRegistrationLib.transforms import compose
 
 
-def _fingerprint(image: sitk.Image) -> tuple:
-    return (image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection(),
-            image.GetPixelIDValue(), sitk.GetArrayFromImage(image).tobytes())
-
-
 @pytest.mark.engine
 def test_cross_modality_pair_is_recovered_within_1mm(t1_ct_pair: synthetic.SyntheticPair) -> None:
     pair = t1_ct_pair
-    before = (_fingerprint(pair.fixed), _fingerprint(pair.moving))
+    before = (fingerprint(pair.fixed), fingerprint(pair.moving))
     seen: list[float] = []
     result = register(pair.fixed, pair.moving, fixed_name="sub01_T1w", moving_name="head_ct",
                       engine="simpleitk", progress=lambda f, _m: seen.append(f))
@@ -39,7 +34,7 @@ def test_cross_modality_pair_is_recovered_within_1mm(t1_ct_pair: synthetic.Synth
     assert result.registered.GetSize() == pair.fixed.GetSize()
     assert result.registered.GetPixelID() == pair.moving.GetPixelID()
     # inputs untouched, progress monotonic and complete
-    assert (_fingerprint(pair.fixed), _fingerprint(pair.moving)) == before
+    assert (fingerprint(pair.fixed), fingerprint(pair.moving)) == before
     assert seen == sorted(seen) and seen[-1] == 1.0
     report = result.to_report()
     for key in ("fixed_modality", "moving_modality", "preset", "engine", "metric", "score_before",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import itertools
 import pkgutil
 import subprocess
 import sys
@@ -157,5 +156,5 @@ def test_simpleitk_levels_refine_with_shrinking_steps() -> None:
         image.SetSpacing([spacing] * 3)
         levels = plan_levels(EngineRequest(image, image, preset_for("T1", "T2"), sitk.Euler3DTransform()))
         steps = [level.max_step_mm for level in levels]
-        assert all(later <= earlier / 2 for earlier, later in itertools.pairwise(steps)), steps
+        assert all(later <= earlier / 2 for earlier, later in zip(steps, steps[1:])), steps
         assert [level.iterations for level in levels] == [200, 100, 50]

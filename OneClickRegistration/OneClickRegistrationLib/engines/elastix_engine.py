@@ -109,7 +109,11 @@ def _pyramid_entries(sigmas_mm: Sequence[float], targets_mm: Sequence[float], fi
     fixed = tuple(f for level in fixed_schedule for f in level)
     moving = tuple(f for level in moving_schedule for f in level)
     rule = itk_rule_sigmas(targets_mm, finest_mm)
-    if all(abs(s - r) <= 0.25 * finest_mm for s, r in zip(sigmas_mm, rule)):
+    # The recursive pyramid shrinks by subsampling (ITK's ShrinkImageFilter), which labels an
+    # even-sized image half an input voxel off; at the finest level that offset stays in the result
+    # (-0.25 mm along both in-plane axes of a 0.5 mm moving image under a 1 mm fixed one).
+    unshrunk_finest = all(f == 1 for f in (*fixed_schedule[-1], *moving_schedule[-1]))
+    if unshrunk_finest and all(abs(s - r) <= 0.25 * finest_mm for s, r in zip(sigmas_mm, rule)):
         return {"FixedImagePyramid": ("FixedRecursiveImagePyramid",),
                 "MovingImagePyramid": ("MovingRecursiveImagePyramid",),
                 "FixedImagePyramidSchedule": fixed,
