@@ -43,8 +43,7 @@ def test_cross_modality_pair_is_recovered_within_1mm(t1_ct_pair: synthetic.Synth
 
 
 def test_unavailable_engines_fall_back_and_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    # BRAINSFit has no executable (CI names one in $ONECLICK_BRAINSFIT) and no Slicer host here: a
-    # real "not installed" case.
+    # BRAINSFit with no executable (none named, none on PATH) and no Slicer host: a real "not installed" case.
     monkeypatch.delenv("ONECLICK_BRAINSFIT", raising=False)
     preset = replace(preset_for("T1", "T2"), engines=("brainsfit", "simpleitk"))
     chosen, notes = _resolve_engines(preset, None)
@@ -52,9 +51,10 @@ def test_unavailable_engines_fall_back_and_say_so(monkeypatch: pytest.MonkeyPatc
     assert any("brainsfit" in note.lower() and "not available" in note for note in notes)
 
 
-def test_explicitly_requested_missing_engine_is_an_error(t1_t2_pair: synthetic.SyntheticPair,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("ONECLICK_BRAINSFIT", raising=False)
+def test_explicitly_requested_missing_engine_is_an_error(
+    t1_t2_pair: synthetic.SyntheticPair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ONECLICK_BRAINSFIT", raising=False)  # no BRAINSFit named, none on PATH
     with pytest.raises(EngineUnavailableError, match="brainsfit"):
         register(t1_t2_pair.fixed, t1_t2_pair.moving, engine="brainsfit")
 
