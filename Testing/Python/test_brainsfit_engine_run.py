@@ -63,10 +63,11 @@ def ct_pair() -> synthetic.SyntheticPair:
 
 
 def _request(pair: synthetic.SyntheticPair, **changes) -> EngineRequest:
-    """What the pipeline hands an engine: prepared images and its initial alignment (moments)."""
+    """What the pipeline hands an engine: prepared images and its centred start (moments)."""
     preset = preset_for(pair.fixed_modality, pair.moving_modality)
     prepared = prepare_pair(pair.fixed, pair.moving, preset)
-    changes.setdefault("initial_transform", initial_alignment(prepared, preset.initialization))
+    # The centred start without the global search: the engine itself must cover the rest.
+    changes.setdefault("initial_transform", initial_alignment(prepared, preset.initialization, search=False))
     return EngineRequest(fixed=prepared.fixed, moving=prepared.moving, preset=preset, **changes)
 
 

@@ -5,9 +5,8 @@ Two halves, as for every engine:
 * :func:`build_parameters` turns a request and the preset into BRAINSFit's parameter set, keyed by the
   parameter *names* of BRAINSFit's CLI description (``BRAINSFit.xml``); :func:`build_command_line`
   turns that set into ``--longflag value`` arguments for the ``BRAINSFit`` executable.
-* :class:`BrainsFitEngine` runs it: through a ``BRAINSFit`` executable and the shared
-  :class:`~.external_program.ExternalProgramEngine` skeleton, or inside Slicer through an injected
-  host runner (Slicer's CLI module).
+* :class:`BrainsFitEngine` runs it: a ``BRAINSFit`` executable, through the shared
+  :class:`~.external_program.ExternalProgramEngine` skeleton, coarse to fine (:func:`brainsfit_levels`).
 
 Facts taken from BRAINSTools (``BRAINSFit/BRAINSFit.cxx``, ``BRAINSCommonLib/BRAINSFitHelperTemplate.hxx``,
 ``BRAINSCommonLib/GenericTransformImage.cxx``) that this module relies on:
@@ -32,48 +31,8 @@ Facts taken from BRAINSTools (``BRAINSFit/BRAINSFit.cxx``, ``BRAINSCommonLib/BRA
   such a file as the transform "from parent" of the moving volume.
 * The metric value BRAINSFit reports is not used: the pipeline computes its own score.
 
-Host runner contract (inside Slicer)
-------------------------------------
-:class:`~OneClickRegistrationLib.engines.base.EngineSettings.host_runner` is a callable
-``host_runner(parameters: Mapping[str, object]) -> None`` injected by the Slicer module. It receives
-exactly the dictionary :func:`build_parameters` returns:
-
-* keys are BRAINSFit parameter names (``fixedVolume``, ``useRigid``, ``costMetric``, ...);
-* image parameters (``fixedVolume``, ``movingVolume``, and when present ``fixedBinaryVolume``,
-  ``movingBinaryVolume``) are ``str`` paths of existing NRRD files in the engine's temporary
-  folder; the two ``*BinaryVolume`` entries are label maps (0/1, uint8);
-* ``initialTransform``, when present, is the ``str`` path of an existing ITK transform file
-  (LPS, fixed->moving);
-* ``linearTransform`` (always present) and ``outputVolume`` (rarely) are ``str`` paths the host must
-  write after a successful run;
-* every other value is a Python ``bool``, ``int``, ``float``, ``str`` (enumeration value), or a
-  ``tuple`` of ``int``/``float`` (a vector parameter).
-
-:func:`plan_host_call` sorts that dictionary for the host (which files to load as volumes, label
-maps or transforms, which nodes to create, and the plain values with vectors already comma-joined),
-so the host needs no knowledge of BRAINSFit.xml. The host must then:
-
-1. load ``plan.input_volumes`` with ``slicer.util.loadVolume(path, {"show": False})``,
-   ``plan.input_labelmaps`` with ``slicer.util.loadLabelVolume(path, {"show": False})``,
-   ``plan.input_transforms`` with ``slicer.util.loadTransform``;
-   create a ``vtkMRMLLinearTransformNode`` per ``plan.output_transforms`` entry and a
-   ``vtkMRMLScalarVolumeNode`` per ``plan.output_volumes`` entry (all temporary nodes: the user's
-   nodes are never passed, so BRAINSFit's "set the moving volume's parent transform" side effect
-   only touches the temporary copy);
-2. call ``cli_node = slicer.cli.runSync(slicer.modules.brainsfit, None, {**plan.values,
-   **{name: node ...}})``;
-3. check ``cli_node.GetStatus() & cli_node.ErrorsMask`` (runSync does not raise): on error raise
-   :class:`~OneClickRegistrationLib.errors.EngineError` with ``cli_node.GetErrorText()`` split into
-   lines as ``log_tail``; if the status is ``cli_node.Cancelled`` raise
-   :class:`~OneClickRegistrationLib.errors.CancelledError`;
-4. save each output node to its path with ``slicer.util.saveNode(node, path)`` (Slicer's storage
-   node writes the ITK LPS "from parent" form, i.e. the same file BRAINSFit itself would write; do
-   not convert anything);
-5. remove every temporary node and the CLI node from the scene, in a ``finally``.
-
-The engine checks that ``linearTransform`` exists afterwards, reads it and returns it. Cancel is
-checked before and after the host call; the host call itself is synchronous, so ``timeout_s`` is not
-applied to it.
+Inside Slicer the same adapter runs the BRAINSFit executable Slicer ships (its CLI module's
+program), named by ``$ONECLICK_BRAINSFIT`` or the explicit setting: one runner everywhere.
 """
 
 from __future__ import annotations
@@ -88,20 +47,17 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import EngineError, EngineUnavailableError, InputError, OneClickError
-from ..images import check_volume, read_transform, to_float32, write_image, write_transform
+from ..errors import EngineError, EngineUnavailableError, InputError
+from ..images import read_transform, to_float32, write_image, write_transform
 from ..presets import Preset, level_shrink_factors
-from ..process_runner import engine_workdir, find_executable, log_tail
+from ..process_runner import find_executable, log_tail
 from ..transforms import as_rigid_or_affine, as_versor_rigid, is_rotation, to_matrix, with_center
 from .base import (
     Availability,
-    EngineOutput,
     EngineRequest,
     EngineSettings,
     RunOptions,
     TransformKind,
-    check_cancel,
-    report,
 )
 from .elastix_engine import pyramid_schedule
 from .external_program import EngineFiles, ExternalProgramEngine, ProgramCommand
@@ -111,7 +67,7 @@ EXECUTABLE_NAME = "BRAINSFit"
 ENV_VAR = "ONECLICK_BRAINSFIT"
 
 # The parameters this adapter may set: name -> (XML element kind, long flag). The kinds are the
-# XML's element tags plus the channel for files, so the host plan and the tests can check them.
+# XML's element tags plus the channel for files, so the tests can check them against the XML.
 # Every boolean here defaults to false in BRAINSFit.xml, so "bare flag" always means "true".
 PARAMETERS: Mapping[str, tuple[str, str]] = {
     "fixedVolume": ("image-input", "fixedVolume"),
@@ -145,7 +101,7 @@ PARAMETERS: Mapping[str, tuple[str, str]] = {
 # Preset vocabulary -> BRAINSFit vocabulary (data, not branches).
 COST_METRIC = {"mi": "MMI", "ncc": "NC"}
 INTERPOLATION_MODE = {"linear": "Linear", "bspline": "BSpline"}
-# Phase flags in BRAINSFit's own execution order; all are set explicitly (true or false) so a host
+# Phase flags in BRAINSFit's own execution order; all are set explicitly (true or false) so a run
 # that reuses a CLI parameter node never inherits a phase from an earlier run.
 PHASE_FLAGS = ("useRigid", "useScaleVersor3D", "useScaleSkewVersor3D", "useAffine", "useBSpline",
                "useSyN", "useComposite")
@@ -352,46 +308,6 @@ def _format_value(name: str, value: object) -> str:
     raise InputError(f"BRAINSFit parameter {name!r} has an unsupported value {value!r}.")
 
 
-@dataclass(frozen=True)
-class HostParameterPlan:
-    """:func:`build_parameters`' dictionary sorted for a host (Slicer) that works with nodes."""
-
-    input_volumes: dict[str, str]
-    input_labelmaps: dict[str, str]
-    input_transforms: dict[str, str]
-    output_transforms: dict[str, str]
-    output_volumes: dict[str, str]
-    # Plain values; vectors already comma-joined (slicer.cli would otherwise write "a, b").
-    values: dict[str, bool | int | float | str]
-
-
-def plan_host_call(parameters: Mapping[str, object]) -> HostParameterPlan:
-    """Split a parameter set into files to load, nodes to create and plain values."""
-    groups: dict[str, dict[str, str]] = {
-        "image-input": {}, "label-input": {}, "transform-input": {},
-        "transform-output": {}, "image-output": {},
-    }
-    values: dict[str, bool | int | float | str] = {}
-    for name, value in parameters.items():
-        if name not in PARAMETERS:
-            raise InputError(f"Unknown BRAINSFit parameter {name!r}.")
-        kind = PARAMETERS[name][0]
-        if kind in groups:
-            groups[kind][name] = os.fspath(value)  # type: ignore[arg-type]
-        elif isinstance(value, (tuple, list)):
-            values[name] = _format_value(name, value)
-        else:
-            values[name] = value  # type: ignore[assignment]
-    return HostParameterPlan(
-        input_volumes=groups["image-input"],
-        input_labelmaps=groups["label-input"],
-        input_transforms=groups["transform-input"],
-        output_transforms=groups["transform-output"],
-        output_volumes=groups["image-output"],
-        values=values,
-    )
-
-
 class ProgressParser:
     """Turns the console output of BRAINSFit's runs into the fraction of the work done.
 
@@ -467,8 +383,6 @@ class BrainsFitEngine(ExternalProgramEngine[Path]):
                                extra_dirs=self._settings.search_dirs)
 
     def availability(self) -> Availability:
-        if self._settings.host_runner is not None:
-            return Availability(True, "runs inside the host application (Slicer's BRAINSFit CLI module)")
         try:
             found = self._find_executable()
         except EngineUnavailableError as exc:
@@ -476,15 +390,10 @@ class BrainsFitEngine(ExternalProgramEngine[Path]):
         if found is None:
             return Availability(
                 False,
-                f"no host runner configured (not inside Slicer) and no {EXECUTABLE_NAME} executable found "
-                f"(looked at the explicit setting, ${ENV_VAR}, the search folders and PATH)",
+                f"no {EXECUTABLE_NAME} executable found (looked at the explicit setting, ${ENV_VAR}, the "
+                "search folders and PATH)",
             )
         return Availability(True, f"{EXECUTABLE_NAME} executable {str(found)!r}")
-
-    def run(self, request: EngineRequest, options: RunOptions) -> EngineOutput:
-        if self._settings.host_runner is None:
-            return super().run(request, options)
-        return self._run_in_host(request, options)
 
     # --- skeleton hooks ------------------------------------------------------------------------
 
@@ -539,42 +448,6 @@ class BrainsFitEngine(ExternalProgramEngine[Path]):
 
     def read_result(self, request: EngineRequest, work: Path, log: Sequence[str]) -> sitk.Transform:
         return _read_result(work / OUTPUT_TRANSFORM, request, log)
-
-    # --- inside Slicer -------------------------------------------------------------------------
-
-    def _run_in_host(self, request: EngineRequest, options: RunOptions) -> EngineOutput:
-        check_volume(request.fixed, role="fixed image")
-        check_volume(request.moving, role="moving image")
-        self.validate(request)
-        runner = self._settings.host_runner
-        assert runner is not None
-        check_cancel(options, ENGINE_NAME)
-        kept: list[str] = []
-        with engine_workdir(ENGINE_NAME, keep_temp=options.keep_temp,
-                            on_kept=lambda folder: kept.append(str(folder))) as folder:
-            report(options, 0.0, "BRAINSFit: writing inputs")
-            files = self.write_inputs(request, folder)
-            # The host loads files by path: give it absolute ones.
-            absolute = EngineFiles(*(None if name is None else os.fspath(folder / name)
-                                     for name in (files.fixed, files.moving, files.initial_transform,
-                                                  files.fixed_mask, files.moving_mask)))
-            parameters = build_parameters(request, absolute, threads=options.threads,
-                                          linear_transform=os.fspath(folder / OUTPUT_TRANSFORM))
-            check_cancel(options, ENGINE_NAME)
-            report(options, 0.1, "BRAINSFit: running in Slicer")
-            try:
-                runner(dict(parameters))
-            except OneClickError:
-                raise
-            except Exception as exc:
-                # The contract asks the host for EngineError; anything else still reaches the user as one.
-                raise EngineError(f"BRAINSFit (Slicer CLI module) failed: {exc}") from exc
-            check_cancel(options, ENGINE_NAME)
-            log = ("BRAINSFit ran inside the host through its CLI module.",)
-            report(options, 0.95, "BRAINSFit: reading the result")
-            transform = self.read_result(request, folder, log)
-        report(options, 1.0, "BRAINSFit: done")
-        return EngineOutput(transform=transform, log=log, kept_temp_dir=kept[0] if kept else None)
 
 
 def _level_image(image: sitk.Image, name: str, level: BrainsFitLevel, request: EngineRequest,
