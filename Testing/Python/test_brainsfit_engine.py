@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -507,7 +507,8 @@ def _wait_gone(pids: list[int], timeout_s: float = 5.0) -> bool:
 def test_executable_runner_passes_paths_unmangled_and_returns_the_transform(bin_dir, odd_tempdir):
     stand_in = make_stand_in(bin_dir)
     progress: list[tuple[float, str]] = []
-    request = _request(masks="both")
+    # A budget of 350 iterations, so the stand-in's iteration lines (0 to 250) each move the bar.
+    request = _request(replace(preset_for("T1", "T2"), iterations=(200, 100, 50)), masks="both")
     output = _engine(stand_in).run(request, RunOptions(progress=lambda f, m: progress.append((f, m))))
 
     # The transform BRAINSFit wrote is returned unchanged (same mapping), as a rigid transform (one
