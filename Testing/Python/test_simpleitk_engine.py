@@ -178,11 +178,12 @@ def test_cancel_stops_the_registration(t2_pair):
 
 
 @pytest.mark.engine
-def test_the_demo_pair_is_good_on_the_first_try_without_elastix_or_ants(monkeypatch):
-    # What a plain "pip install" user has: the engine registry finds neither elastix nor ANTs
+def test_the_demo_pair_is_good_on_the_first_try_with_the_embedded_engine_only(monkeypatch):
+    # What a plain "pip install" user has: the engine registry finds no elastix, ANTs or BRAINSFit
     # (their variables point at programs that do not exist, which makes them unavailable).
     monkeypatch.setenv("ONECLICK_ELASTIX", "/nonexistent/elastix")
     monkeypatch.setenv("ONECLICK_ANTSREGISTRATION", "/nonexistent/antsRegistration")
+    monkeypatch.setenv("ONECLICK_BRAINSFIT", "/nonexistent/BRAINSFit")
     pair = synthetic.make_pair("T1", "CT", rotation_deg=DEMO_ROTATION_DEG, translation_mm=DEMO_TRANSLATION_MM,
                                moving_fov_shift_mm=(6.0, -4.0, 5.0), coarsen=2.0, seed=7)
     result = register(pair.fixed, pair.moving, fixed_name="fixed_T1", moving_name="moving_CT")
