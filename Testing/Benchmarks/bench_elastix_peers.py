@@ -39,7 +39,8 @@ import bench_common as bc
 
 from OneClickRegistrationLib import synthetic
 from OneClickRegistrationLib.engines.base import EngineSettings
-from OneClickRegistrationLib.engines.elastix_engine import ElastixEngine, transform_from_parameter_file
+from OneClickRegistrationLib.engines.elastix_engine import ElastixEngine
+from OneClickRegistrationLib.engines.elastix_parameters import transform_from_parameter_file
 from OneClickRegistrationLib.options import RegistrationOptions
 
 PAIRS = [("T1", "T1"), ("T1", "T2"), ("T1", "FLAIR"), ("T1", "CT")]

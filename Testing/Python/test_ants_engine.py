@@ -49,7 +49,7 @@ def test_rigid_mi_argument_list_is_what_slicerants_users_know():
         "--transform": "Rigid[0.1]",
         "--metric": "MI[/w/fixed.mha,/w/moving.mha,1,32,Regular,0.1]",
         # full resolution after a 2x level: 0 iterations, as ANTs' own scripts do ("...x0")
-        "--convergence": "[200x100x0,1e-5,10]",
+        "--convergence": f"[{preset.iterations[0]}x{preset.iterations[1]}x0,1e-5,10]",
         "--shrink-factors": "4x2x1",
         "--smoothing-sigmas": "2x1x0mm",
         "--verbose": "1",

@@ -17,7 +17,6 @@ import OneClickRegistrationLib
 from OneClickRegistrationLib import transforms
 from OneClickRegistrationLib.engines import ENGINE_NAMES, engine_availability
 from OneClickRegistrationLib.errors import CancelledError, EngineError, EngineTimeoutError, InputError
-from OneClickRegistrationLib.presets import preset_for
 from OneClickRegistrationLib.process_runner import engine_workdir, run_process
 
 
@@ -117,16 +116,3 @@ def test_public_api_is_reexported() -> None:
         assert getattr(OneClickRegistrationLib, name) is not None
     with pytest.raises(AttributeError):
         importlib.import_module("OneClickRegistrationLib").does_not_exist  # noqa: B018
-
-
-def test_simpleitk_levels_refine_with_shrinking_steps() -> None:
-    from OneClickRegistrationLib.engines.base import EngineRequest
-    from OneClickRegistrationLib.engines.simpleitk_engine import plan_levels
-
-    for spacing in (1.0, 2.5, 6.0):
-        image = sitk.Image([40, 40, 40], sitk.sitkFloat32)
-        image.SetSpacing([spacing] * 3)
-        levels = plan_levels(EngineRequest(image, image, preset_for("T1", "T2"), sitk.Euler3DTransform()))
-        steps = [level.max_step_mm for level in levels]
-        assert all(later <= earlier / 2 for earlier, later in zip(steps, steps[1:])), steps
-        assert [level.iterations for level in levels] == list(preset_for("T1", "T2").iterations)

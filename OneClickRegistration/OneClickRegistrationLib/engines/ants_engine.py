@@ -358,12 +358,12 @@ class AntsEngine(ExternalProgramEngine[Runner]):
         return build_arguments(request.preset, files, transform_kind=request.transform_kind, levels=levels,
                                sampling_fraction=sampling)
 
-    def command(self, program: Runner, request: EngineRequest, files: EngineFiles, work: Path,
-                options: RunOptions) -> ProgramCommand:
+    def commands(self, program: Runner, request: EngineRequest, files: EngineFiles, work: Path,
+                 options: RunOptions) -> tuple[ProgramCommand, ...]:
         arguments = self.arguments(request, files)
-        return ProgramCommand(arguments=tuple(program.command(arguments, work / "arguments.json")),
-                              label=f"{PROGRAM} ({program.kind})", env=_environment(options),
-                              shown=f"{program.detail}: {PROGRAM} {' '.join(arguments)}")
+        return (ProgramCommand(arguments=tuple(program.command(arguments, work / "arguments.json")),
+                               label=f"{PROGRAM} ({program.kind})", env=_environment(options),
+                               shown=f"{program.detail}: {PROGRAM} {' '.join(arguments)}"),)
 
     def progress_parser(self, request: EngineRequest) -> ProgressParser:
         return ProgressParser(stage_transforms(request.transform_kind),

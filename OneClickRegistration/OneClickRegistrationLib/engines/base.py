@@ -12,7 +12,7 @@ points of the **fixed** image to points of the **moving** image.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
@@ -88,23 +88,12 @@ class Availability:
     detail: str
 
 
-HostRunner = Callable[[Mapping[str, object]], None]
-"""Runs an engine's CLI module inside a host application (Slicer's ``slicer.cli.runSync``).
-
-It receives the engine's parameters keyed by their CLI names (image and transform parameters are
-file paths in the engine's temporary folder), writes the outputs to the paths named there, and
-raises :class:`~OneClickRegistrationLib.errors.EngineError` on failure. The core never imports the
-host: the host (the Slicer module) injects this callable through ``configure_engine``.
-"""
-
-
 @dataclass(frozen=True)
 class EngineSettings:
     """Where to find an engine's program; empty means "search the usual places"."""
 
     executable: str | os.PathLike[str] | None = None
     search_dirs: tuple[str, ...] = field(default_factory=tuple)
-    host_runner: HostRunner | None = None
 
 
 @runtime_checkable

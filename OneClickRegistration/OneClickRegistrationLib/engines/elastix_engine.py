@@ -342,8 +342,8 @@ class ElastixEngine(ExternalProgramEngine[Path]):
         write_text(initial_transform_text(request.initial_transform, request.fixed), work / INITIAL_FILE)
         return INITIAL_FILE
 
-    def command(self, program: Path, request: EngineRequest, files: EngineFiles, work: Path,
-                options: RunOptions) -> ProgramCommand:
+    def commands(self, program: Path, request: EngineRequest, files: EngineFiles, work: Path,
+                 options: RunOptions) -> tuple[ProgramCommand, ...]:
         write_parameter_file(self.parameters(request), work / PARAMETER_FILE,
                              header=f"OneClickRegistration: elastix parameters for preset "
                                     f"{request.preset.describe()}")
@@ -361,7 +361,7 @@ class ElastixEngine(ExternalProgramEngine[Path]):
             args += ["-threads", str(int(options.threads))]
         args += ["-out", OUTPUT_FOLDER]
         shown = f"$ cd {shlex.quote(str(work))} && {' '.join(shlex.quote(a) for a in args)}"
-        return ProgramCommand(arguments=tuple(args), label="elastix", env=_library_env(program), shown=shown)
+        return (ProgramCommand(arguments=tuple(args), label="elastix", env=_library_env(program), shown=shown),)
 
     def progress_parser(self, request: EngineRequest) -> ProgressParser:
         return ProgressParser(request.preset.iterations)

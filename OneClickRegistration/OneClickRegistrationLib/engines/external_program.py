@@ -5,7 +5,9 @@ each transform's ``apply_transform``: validate the request, find the program, ho
 the work folder, write the inputs, build the command, run it through
 :func:`~OneClickRegistrationLib.process_runner.run_process` with one throttled progress reporter,
 explain a failure in the engine's own words, read the result and build the :class:`EngineOutput`.
-An adapter fills in only the hooks: arguments in, transform out.
+An adapter fills in only the hooks: arguments in, transform out. An adapter may run its program
+more than once (BRAINSFit runs coarse to fine, each run starting from the last one's result); the
+runs share the cancel check, the time limit and the progress bar.
 
 Every file lives in the work folder and the program runs there, so its arguments name files
 relative to it: a space, comma, bracket or quote in the temporary folder's path never reaches a
@@ -14,6 +16,7 @@ program's own option syntax.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,7 +52,7 @@ class ProgramCommand:
     arguments: tuple[str, ...]
     label: str
     env: Mapping[str, str] | None = None
-    # The first line of the returned log: the command as a user could rerun it.
+    # The command's line in the returned log: the command as a user could rerun it.
     shown: str = ""
 
 
@@ -127,24 +130,34 @@ class ExternalProgramEngine(ABC, Generic[Program]):
                             on_kept=lambda folder: kept.append(str(folder))) as work:
             report(options, 0.0, f"{self.label}: writing inputs")
             files = self.write_inputs(request, work)
-            command = self.command(program, request, files, work, options)
-            check_cancel(options, self.name)
+            commands = self.commands(program, request, files, work, options)
             parser = self.progress_parser(request)
             progress = ThrottledProgress(options, parser)
-            try:
-                outcome = run_process(command.arguments, name=command.label, cwd=work, env=command.env,
-                                      on_line=progress, cancel=options.cancel, timeout_s=options.timeout_s)
-            except (CancelledError, EngineTimeoutError, EngineUnavailableError):
-                raise
-            except EngineError as exc:
-                raise self.explain_failure(exc, progress.lines, work) from None
-            self.check_log(outcome.log, command)
+            started = time.monotonic()
+            log: list[str] = []
+            for command in commands:
+                check_cancel(options, self.name)
+                # One time limit for all runs together.
+                left = None if options.timeout_s is None else options.timeout_s - (time.monotonic() - started)
+                try:
+                    outcome = run_process(command.arguments, name=command.label, cwd=work, env=command.env,
+                                          on_line=progress, cancel=options.cancel,
+                                          timeout_s=None if left is None else max(left, 0.001))
+                except (CancelledError, EngineTimeoutError, EngineUnavailableError) as exc:
+                    if isinstance(exc, EngineTimeoutError) and options.timeout_s is not None:
+                        raise EngineTimeoutError(f"{command.label} did not finish within {options.timeout_s:g} s "
+                                                 "and was stopped.", log_tail=exc.log_tail) from None
+                    raise
+                except EngineError as exc:
+                    raise self.explain_failure(exc, progress.lines, work) from None
+                self.check_log(outcome.log, command)
+                log += [command.shown, *outcome.log]
             report(options, 0.97, f"{self.label}: reading the result")
-            transform = self.read_result(request, work, outcome.log)
-            metric = self.metric_value(outcome.log, parser)
+            transform = self.read_result(request, work, log)
+            metric = self.metric_value(log, parser)
         report(options, 1.0, f"{self.label}: done")
-        return EngineOutput(transform=transform, log=(command.shown, *outcome.log),
-                            engine_metric_value=metric, kept_temp_dir=kept[0] if kept else None)
+        return EngineOutput(transform=transform, log=tuple(log), engine_metric_value=metric,
+                            kept_temp_dir=kept[0] if kept else None)
 
     # --- hooks every adapter implements ------------------------------------------------------
 
@@ -157,9 +170,10 @@ class ExternalProgramEngine(ABC, Generic[Program]):
         """Write the request's initial transform in the program's format; returns its file name."""
 
     @abstractmethod
-    def command(self, program: Program, request: EngineRequest, files: EngineFiles, work: Path,
-                options: RunOptions) -> ProgramCommand:
-        """The command that registers ``files`` (it may write a parameter file into ``work``)."""
+    def commands(self, program: Program, request: EngineRequest, files: EngineFiles, work: Path,
+                 options: RunOptions) -> tuple[ProgramCommand, ...]:
+        """The command(s) that register ``files``, run in order (they may write parameter files or
+        further inputs into ``work``)."""
 
     @abstractmethod
     def progress_parser(self, request: EngineRequest) -> ProgressParser:
