@@ -112,7 +112,7 @@ def test_score_verdict_flags_a_wrong_transform_and_accepts_the_truth(pair_files:
 
 def test_outputs_are_all_or_nothing_when_a_late_step_fails(t1_t2_pair: synthetic.SyntheticPair, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from OneClickRegistrationLib import outputs
+    from OneClickRegistrationLib import images, outputs
     from OneClickRegistrationLib.errors import InputError
     from OneClickRegistrationLib.pipeline import judge_transform
 
@@ -122,16 +122,22 @@ def test_outputs_are_all_or_nothing_when_a_late_step_fails(t1_t2_pair: synthetic
     first = outputs.write_outputs(result, t1_t2_pair.fixed, out)
     before = {path.name: path.read_bytes() for path in first.values()}
 
-    # A failure while drawing the overlay cannot be caused on demand; it is simulated narrowly
-    # (only the overlay writer raises) to check that nothing of the second run reaches the folder.
-    def broken_overlay(*args, **kwargs):
-        raise InputError("Cannot write the overlay (simulated).")
+    # A real write failure late in the outputs: the overlay (drawn after the transform and the volume)
+    # is written to a full disk (/dev/full), the others to the real folder.
+    original = images._partial_name
 
-    monkeypatch.setattr(outputs, "write_overlay", broken_overlay)
+    def full_for_the_overlay(final: Path) -> Path:
+        partial = original(final)
+        if final.name == outputs.OVERLAY_FILE:
+            partial.symlink_to("/dev/full")
+        return partial
+
+    monkeypatch.setattr(images, "_partial_name", full_for_the_overlay)
     shifted = judge_transform(t1_t2_pair.fixed, t1_t2_pair.moving, sitk.Euler3DTransform(),
                               fixed_modality="T1", moving_modality="T2")
-    with pytest.raises(InputError, match="simulated"):
+    with pytest.raises(InputError, match="No space left on device"):
         outputs.write_outputs(shifted, t1_t2_pair.fixed, out)
+    # Nothing of the second run reaches the folder, and no staging or partial file is left behind.
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
 
