@@ -63,3 +63,15 @@ def test_an_empty_mask_is_refused(pair):
     empty.CopyInformation(request.fixed)
     with pytest.raises(InputError, match="fixed mask is empty"):
         SimpleITKEngine().run(_request(pair, fixed_mask=empty), RunOptions())
+
+
+def test_simpleitk_levels_refine_with_shrinking_steps():
+    from OneClickRegistrationLib.engines.simpleitk_engine import plan_levels
+
+    for spacing in (1.0, 2.5, 6.0):
+        image = sitk.Image([40, 40, 40], sitk.sitkFloat32)
+        image.SetSpacing([spacing] * 3)
+        levels = plan_levels(EngineRequest(image, image, preset_for("T1", "T2"), sitk.Euler3DTransform()))
+        steps = [level.max_step_mm for level in levels]
+        assert all(later <= earlier / 2 for earlier, later in zip(steps, steps[1:])), steps
+        assert [level.iterations for level in levels] == [200, 100, 50]
