@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from robustness_support import (
+    TINY_PAIR_TOLERANCE_MM,
     alive,
     leftovers,
     private_tempdir,
@@ -76,7 +77,7 @@ def test_batch_completes_the_good_pairs_and_reports_each_bad_one(pair_folder, tm
     assert summary["good"]["status"] == "ok" and summary["good"]["verdict"] == "good"
     pair = tiny_pair()
     found = sitk.ReadTransform(str(out / "good" / "transform.tfm"))
-    assert tre_mm(found, pair.truth, pair.brain_points).mean() < 1.5
+    assert tre_mm(found, pair.truth, pair.brain_points).mean() < TINY_PAIR_TOLERANCE_MM["elastix"]
     expected = {
         "missing": "moving image file does not exist",
         "not_an_image": "Cannot read the moving image file",
