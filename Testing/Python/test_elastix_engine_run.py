@@ -111,7 +111,7 @@ def test_recovers_rigid_t2_to_t1_from_the_centres_of_mass(t2_pair, private_tempd
     output = _engine().run(_request(t2_pair), RunOptions(progress=lambda f, m: progress.append((f, m))))
     assert isinstance(output.transform, sitk.Euler3DTransform)
     assert start > 10.0
-    assert _tre(output.transform, t2_pair) < 1.0
+    assert _tre(output.transform, t2_pair) < 0.2  # measured 0.105 (0.31 with the 0.3 mm canary)
     fractions = [f for f, _ in progress]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any("level 3/3" in m for _, m in progress)
@@ -126,7 +126,7 @@ def test_recovers_rigid_ct_to_t1_from_a_centered_initializer(ct_pair, private_te
     output = _engine().run(replace(request, initial_transform=initial), RunOptions(threads=1))
     assert "-threads 1" in output.log[0]
     assert isinstance(output.transform, sitk.Euler3DTransform)
-    assert _tre(output.transform, ct_pair) < 1.0
+    assert _tre(output.transform, ct_pair) < 0.25  # measured 0.156 (0.43 with the 0.3 mm canary)
     assert _leftovers(private_tempdir) == []
 
 
@@ -139,7 +139,7 @@ def test_recovers_from_the_geometric_centres_with_the_recursive_pyramid(t2_pair)
     assert '(FixedImagePyramid "FixedRecursiveImagePyramid")' in format_parameters(parameter_map(request))
     output = _engine().run(request, RunOptions())
     assert "-t0" in output.log[0]
-    assert _tre(output.transform, t2_pair) < 1.0
+    assert _tre(output.transform, t2_pair) < 0.2  # measured 0.111 (0.31 with the 0.3 mm canary)
 
 
 def test_result_includes_a_rotated_initial_transform(t2_pair):
@@ -148,7 +148,7 @@ def test_result_includes_a_rotated_initial_transform(t2_pair):
     initial = synthetic.rigid_transform((3.0, -9.0, 4.0), (2.0, 5.0, -3.0), center=(40.0, -60.0, 30.0))
     assert _tre(initial, t2_pair) > 10.0
     output = _engine().run(_request(t2_pair, initial_transform=initial), RunOptions())
-    assert _tre(output.transform, t2_pair) < 1.0
+    assert _tre(output.transform, t2_pair) < 0.2  # measured 0.110 (0.31 with the 0.3 mm canary)
     # With a zero step size the result is the initial transform itself (the -t0 file is read right).
     unoptimized = _engine(AutomaticParameterEstimation=(False,), SP_a=(0.0,)).run(
         _request(t2_pair, initial_transform=initial), RunOptions())
@@ -165,7 +165,7 @@ def test_affine_with_masks(t2_pair):
                            RunOptions(keep_temp=True))
     assert isinstance(output.transform, sitk.AffineTransform)
     assert "-fMask" in output.log[0] and "-mMask" in output.log[0]
-    assert _tre(output.transform, t2_pair) < 1.0
+    assert _tre(output.transform, t2_pair) < 0.25  # measured 0.165 (0.32 with the 0.3 mm canary)
     kept = Path(output.kept_temp_dir)
     try:
         assert (kept / "out" / "TransformParameters.0.txt").is_file()
