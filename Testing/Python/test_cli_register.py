@@ -33,7 +33,7 @@ def test_register_writes_consistent_outputs(pair_files: tuple[Path, Path], tmp_p
                                             capsys: pytest.CaptureFixture[str]) -> None:
     fixed, moving = pair_files
     out = tmp_path / "out"
-    assert main([str(fixed), str(moving), "-o", str(out), "--engine", "simpleitk", "--quiet"]) == 0
+    assert main([str(fixed), str(moving), "-o", str(out), "--engine", "elastix", "--quiet"]) == 0
     report = json.loads((out / "report.json").read_text())
     for key in ("fixed_modality", "moving_modality", "preset", "engine", "metric", "score_before",
                 "score_after", "elapsed_s", "verdict", "verdict_reasons", "attempts"):
@@ -41,7 +41,7 @@ def test_register_writes_consistent_outputs(pair_files: tuple[Path, Path], tmp_p
     assert (report["fixed_modality"], report["moving_modality"]) == ("T1", "CT")
     transform = sitk.ReadTransform(str(out / "transform.tfm"))
     errors = synthetic.target_registration_error(transform, t1_ct_pair.truth, t1_ct_pair.brain_points)
-    assert errors.mean() < 1.0
+    assert errors.mean() < 0.26  # measured 0.176 mm (0.37 with the 0.3 mm canary)
     # applying transform.tfm to the moving image gives registered.nrrd back
     registered = sitk.ReadImage(str(out / "registered.nrrd"))
     again = sitk.Resample(sitk.ReadImage(str(moving)), sitk.ReadImage(str(fixed)), transform, sitk.sitkLinear, -1024.0)
@@ -84,7 +84,9 @@ def test_demo_runs_offline(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "True error" in proc.stdout and "verdict" in proc.stdout
     mean_error = float(proc.stdout.split("mean ")[1].split(" mm")[0])
-    assert mean_error < 2.0
+    # Measured 0.24 mm. The demo's fast pair is coarse: with the canary's 0.3 mm it gives 0.28 mm, so this
+    # bound catches a broken demo (a "questionable" 1.85 mm run used to pass), not a 0.3 mm error.
+    assert mean_error < 0.35
     assert (tmp_path / "demo" / "overlay.png").is_file()
 
 
