@@ -2,144 +2,80 @@
 
 PAIRS.csv has a header with at least ``fixed`` and ``moving`` columns (paths, relative to the CSV's
 folder or absolute); optional ``name``, ``fixed_modality``, ``moving_modality``, ``engine``. Each pair's
-outputs go to ``DIR/<name>/``; ``DIR/summary.csv`` lists every pair with its status.
+outputs go to ``DIR/<name>/``; ``DIR/summary.csv`` lists every pair with its status. Pairs whose
+outputs are already complete are kept unless ``--force``. ``--workers N`` runs N pairs at a time on
+a local Dask cluster, ``--scheduler ADDRESS`` on an existing one (both need the ``cluster`` extra).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import sys
+from contextlib import nullcontext
 from pathlib import Path
 
-from .cli_common import EXIT_OK, EXIT_SOME_FAILED, QuietParser, TerminalProgress, guarded, one_line
-from .cli_register import add_registration_options, register_files
-from .errors import InputError, OneClickError
-from .images import write_text
+from .batch import OK, SUMMARY_FILE, BatchOptions, read_pairs, register_batch
+from .cli_common import EXIT_OK, EXIT_SOME_FAILED, QuietParser, guarded
+from .cli_register import add_registration_options
+from .output_folder import check_output_folder
 
-SUMMARY_FIELDS = (
-    "name",
-    "fixed",
-    "moving",
-    "status",
-    "verdict",
-    "metric",
-    "score_before",
-    "score_after",
-    "engine",
-    "preset",
-    "elapsed_s",
-    "error",
-)
+DESCRIPTION = """Register many pairs listed in a CSV file; one failed pair does not stop the rest.
 
+PAIRS.csv columns (a header row names them; paths are relative to the CSV's folder, or absolute):
+  fixed            fixed image file (required)
+  moving           moving image file (required)
+  name             name of the pair's output folder DIR/NAME (default: the moving file's name)
+  fixed_modality   T1, T2, FLAIR, CT or MR (default: detected)
+  moving_modality  T1, T2, FLAIR, CT or MR (default: detected)
+  engine           engine for this pair (default: --engine, else the preset's first installed)
 
-def read_pairs(csv_path: Path) -> list[dict[str, str]]:
-    if not csv_path.is_file():
-        raise InputError(f"The pairs file does not exist: {str(csv_path)!r}.")
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
-    except UnicodeDecodeError as exc:
-        raise InputError(
-            f"The pairs file {str(csv_path)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV."
-        ) from None
-    except (OSError, csv.Error) as exc:
-        raise InputError(f"Cannot read the pairs file {str(csv_path)!r} as CSV: {exc}.") from None
-    if not rows:
-        raise InputError(
-            f"The pairs file {str(csv_path)!r} has no rows; expected a header with 'fixed' and "
-            "'moving' columns and one row per pair."
-        )
-    missing = {"fixed", "moving"} - set(rows[0])
-    if missing:
-        raise InputError(
-            f"The pairs file {str(csv_path)!r} lacks the column(s) {sorted(missing)}; it has "
-            f"{sorted(rows[0])}."
-        )
-    return rows
+DIR/summary.csv lists every pair with its status, verdict and scores. Pairs whose outputs are
+already complete are kept unless --force. --workers N runs N pairs at a time on a local Dask
+cluster, --scheduler ADDRESS on an existing one (both need the cluster extra)."""
 
 
-def _safe_name(text: str, index: int) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("._")
-    return cleaned or f"pair{index:03d}"
+def build_parser() -> QuietParser:
+    parser = QuietParser(prog="oneclick-register batch", description=DESCRIPTION,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pairs", type=Path, metavar="PAIRS.csv")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="DIR",
+                        help="folder for one sub-folder per pair and summary.csv")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N", help="run on a local cluster of N worker processes")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask scheduler at ADDRESS")
+    parser.add_argument("--force", action="store_true", help="register again pairs whose outputs are complete")
+    parser.add_argument("--threads", type=int, metavar="T",
+                        help="threads per pair (default: the machine's cores shared among the pairs it runs)")
+    add_registration_options(parser)
+    return parser
 
 
 def main(argv: list[str]) -> int:
-    parser = QuietParser(prog="oneclick-register batch", description=__doc__.split("\n\n")[0])
-    parser.add_argument("pairs", type=Path, metavar="PAIRS.csv")
-    parser.add_argument("-o", "--output", type=Path, required=True, metavar="DIR")
-    add_registration_options(parser)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     def run() -> int:
-        rows = read_pairs(args.pairs)
-        base = args.pairs.resolve().parent
-        used: set[str] = set()
-        summary: list[dict[str, object]] = []
-        for index, row in enumerate(rows, start=1):
-            fixed, moving = (row.get("fixed") or "").strip(), (row.get("moving") or "").strip()
-            name = _safe_name(row.get("name") or Path(moving).name.split(".")[0], index)
-            if name in used:
-                name = f"{name}_{index}"
-            used.add(name)
-            summary.append({"name": name, "fixed": fixed, "moving": moving, "status": "not run"})
-        try:
-            _run_pairs(args, rows, summary, base)
-        finally:  # also on Ctrl-C: the summary says which pairs were done, interrupted or not run
-            buffer = io.StringIO()
-            writer = csv.DictWriter(buffer, fieldnames=SUMMARY_FIELDS)
-            writer.writeheader()
-            writer.writerows(summary)
-            write_text(buffer.getvalue(), args.output / "summary.csv")
-        failed = [str(e["name"]) for e in summary if e["status"] != "ok"]
+        check_output_folder(args.output)
+        pairs = read_pairs(args.pairs)
+        options = BatchOptions(
+            engine=args.engine, transform=args.transform, recover=not args.no_recover, timeout_s=args.timeout,
+            keep_temp=args.keep_temp, threads=args.threads, force=args.force,
+        )
+        if args.workers is None and args.scheduler is None:
+            where = nullcontext(None)
+        else:
+            from .batch_cluster import cluster_client
+
+            where = cluster_client(workers=args.workers, scheduler=args.scheduler)
+        with where as client:
+            outcomes = register_batch(pairs, args.output, options=options, client=client,
+                                      show_progress=not args.quiet)
+        failed = [str(o.row["name"]) for o in outcomes if o.row["status"] != OK]
+        kept = sum(o.skipped for o in outcomes)
         print(
-            f"{len(summary) - len(failed)} of {len(summary)} pairs registered"
+            f"{len(outcomes) - len(failed)} of {len(outcomes)} pairs registered"
+            + (f" ({kept} complete before, kept; --force registers them again)" if kept else "")
             + (f"; failed: {', '.join(failed)}" if failed else "")
-            + f". Summary: {args.output / 'summary.csv'}"
+            + f". Summary: {args.output / SUMMARY_FILE}"
         )
         return EXIT_SOME_FAILED if failed else EXIT_OK
 
     return guarded(run)
-
-
-def _run_pairs(args: argparse.Namespace, rows: list[dict[str, str]], entries: list[dict[str, object]],
-               base: Path) -> None:
-    """Register each pair in turn, recording its outcome in its entry; a failed pair does not stop the rest."""
-    for index, (row, entry) in enumerate(zip(rows, entries), start=1):
-        name = str(entry["name"])
-        label = f"[{index}/{len(rows)}] {name} "
-        entry["status"] = "interrupted"
-        try:
-            for column in ("fixed", "moving"):
-                if not entry[column]:
-                    # index + 1: the header is the file's first row
-                    raise InputError(f"The pairs file's row {index + 1} has no {column} image path.")
-            result = register_files(
-                base / str(entry["fixed"]),
-                base / str(entry["moving"]),
-                args.output / name,
-                fixed_modality=(row.get("fixed_modality") or None),
-                moving_modality=(row.get("moving_modality") or None),
-                engine=(row.get("engine") or args.engine),
-                transform=args.transform,
-                recover=not args.no_recover,
-                timeout_s=args.timeout,
-                keep_temp=args.keep_temp,
-                progress=TerminalProgress(label, enabled=not args.quiet),
-            )
-        except OneClickError as exc:
-            entry.update(status="error", error=one_line(exc))
-            print(f"{label}FAILED: {one_line(exc)}", file=sys.stderr)
-        else:
-            entry.update(
-                status="ok",
-                verdict=result.verdict.label,
-                metric=result.metric,
-                score_before=result.score_before.value,
-                score_after=result.score_after.value,
-                engine=result.engine,
-                preset=result.preset.name,
-                elapsed_s=round(result.elapsed_s, 2),
-            )
-            print(f"{label}{result.verdict.label} ({result.metric.upper()} {result.score_after.value})")

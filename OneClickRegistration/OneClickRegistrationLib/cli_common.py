@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 from typing import NoReturn
 
 from .errors import OneClickError, first_line
+from .interrupts import exit_code
 from .modality import Modality
 
 EXIT_OK = 0
@@ -44,22 +46,23 @@ def guarded(
     except OneClickError as exc:
         print(f"{prog}: error: {first_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM turned into one by interrupts.py
         print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_code(interrupt)
     except unexpected as exc:
         print(f"{prog}: error: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
 class TerminalProgress:
-    """Prints progress on one updating line when stderr is a terminal, else every 10%."""
+    """Prints progress on one updating line when stderr is a terminal, else every 10% and each new stage."""
 
     def __init__(self, prefix: str = "", *, enabled: bool = True) -> None:
         self.prefix = prefix
         self.enabled = enabled
         self._tty = sys.stderr.isatty()
         self._last_decile = -1
+        self._last_stage = ""
 
     def __call__(self, fraction: float, message: str) -> None:
         if not self.enabled:
@@ -76,6 +79,7 @@ class TerminalProgress:
                 print(file=sys.stderr)
             return
         decile = int(fraction * 10)
-        if decile != self._last_decile:
-            self._last_decile = decile
+        stage = re.sub(r"[\d.]+", "#", message)  # a new stage (not a new count) always gets its line
+        if decile != self._last_decile or stage != self._last_stage:
+            self._last_decile, self._last_stage = decile, stage
             print(f"{self.prefix}{fraction:4.0%} {message}", file=sys.stderr, flush=True)

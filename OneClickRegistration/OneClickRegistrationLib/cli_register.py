@@ -11,6 +11,7 @@ from .engines import ENGINE_NAMES
 from .images import read_image
 from .modality import metadata_from_file
 from .options import ImageInfo, RegistrationOptions, from_shortcuts
+from .output_folder import check_output_folder
 from .outputs import write_outputs
 from .pipeline import RegistrationResult, register
 
@@ -51,9 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="oneclick-register",
         description="Register MOVING onto FIXED with one click and write the results to OUTDIR.",
     )
-    parser.add_argument("fixed", type=Path)
-    parser.add_argument("moving", type=Path)
-    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
+    parser.add_argument("fixed", type=Path, metavar="FIXED", help="fixed image file (NRRD, NIfTI, MHA, ...)")
+    parser.add_argument("moving", type=Path, metavar="MOVING", help="moving image file")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR",
+                        help="folder for transform.tfm, registered.nrrd, report.json and overlay.png")
     parser.add_argument("--fixed-modality", choices=MODALITY_CHOICES, type=str.upper)
     parser.add_argument("--moving-modality", choices=MODALITY_CHOICES, type=str.upper)
     parser.add_argument("--fixed-volume-index", type=int, default=None, help="volume of a 4D fixed file")
@@ -78,6 +80,10 @@ def register_files(
     :func:`~.pipeline.register`; the file names and headers fill in what the shortcuts leave open.
     """
     options, fixed_info, moving_info = from_shortcuts(options, None, None, shortcuts)
+    check_output_folder(outdir)  # before any work: not after a whole registration
+    progress = options.progress
+    if progress is not None and fixed_path.is_file() and moving_path.is_file():  # else: one error line only
+        progress(0.0, f"Reading {fixed_path.name} and {moving_path.name}")
     fixed = read_image(fixed_path, role="fixed image", volume_index=fixed_volume_index,
                        index_option="--fixed-volume-index")
     moving = read_image(moving_path, role="moving image", volume_index=moving_volume_index,
@@ -89,6 +95,8 @@ def register_files(
         fixed_info=_from_file(fixed_info, fixed_path),
         moving_info=_from_file(moving_info, moving_path),
     )
+    if progress is not None:
+        progress(1.0, f"Writing the outputs to {outdir}")
     write_outputs(
         result, fixed, outdir, extra={"fixed_file": str(fixed_path), "moving_file": str(moving_path)}
     )
@@ -105,13 +113,22 @@ def _from_file(info: ImageInfo, path: Path) -> ImageInfo:
 
 
 def summary_line(result: RegistrationResult) -> str:
-    """The result's summary in one line of text."""
+    """The result's summary in one line of text (scores to 4 significant digits)."""
     row = result.summary()
-    before, after = ("n/a" if row[key] is None else f"{row[key]:.4f}" for key in ("score_before", "score_after"))
+    before, after = ("n/a" if row[key] is None else f"{row[key]:.4g}" for key in ("score_before", "score_after"))
     return (
         f"{row['moving_modality']} -> {row['fixed_modality']} with {row['engine']} ({row['preset']}): "
         f"{row['metric'].upper()} {before} -> {after}, verdict {row['verdict'].upper()}, {row['elapsed_s']:.1f} s"
     )
+
+
+def print_result(result: RegistrationResult) -> None:
+    """The summary, the verdict's reasons and the notes (which engine ran when the preferred one could not)."""
+    print(summary_line(result))
+    for reason in result.verdict.reasons:
+        print(f"  - {reason}")
+    for note in result.notes:
+        print(f"  Note: {note}")
 
 
 def main(argv: list[str]) -> int:
@@ -128,9 +145,7 @@ def main(argv: list[str]) -> int:
             fixed_volume_index=args.fixed_volume_index,
             moving_volume_index=args.moving_volume_index,
         )
-        print(summary_line(result))
-        for reason in result.verdict.reasons:
-            print(f"  - {reason}")
+        print_result(result)
         for folder in result.kept_temp_dirs:
             print(f"Engine work folder kept in {folder}")
         print(f"Outputs in {args.output}")

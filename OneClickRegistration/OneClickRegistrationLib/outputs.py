@@ -9,7 +9,8 @@ import tempfile
 from pathlib import Path
 
 from .images import write_image, write_text, write_transform
-from .overlay import write_overlay
+from .interrupts import deferred
+from .overlay import caption_for, write_overlay
 from .pipeline import RegistrationResult
 
 TRANSFORM_FILE = "transform.tfm"
@@ -44,14 +45,16 @@ def write_outputs(
         write_transform(result.transform, staging / TRANSFORM_FILE)
         write_image(result.registered, staging / REGISTERED_FILE)
         write_overlay(fixed_image, result.registered, staging / OVERLAY_FILE,
-                      fill_value=result.preset.moving_fill_value)
+                      fill_value=result.preset.moving_fill_value, transform=result.transform,
+                      caption=caption_for(result))
         report = result.to_report()
         report["outputs"] = {name: str(path) for name, path in final.items() if name != "report"}
         if extra:
             report.update(extra)
         write_text(json.dumps(report, indent=2, default=str), staging / REPORT_FILE)
-        for path in final.values():
-            os.replace(staging / path.name, path)
+        with deferred():  # a signal never leaves a new transform beside an old report
+            for path in final.values():
+                os.replace(staging / path.name, path)
         return final
     finally:
         shutil.rmtree(staging, ignore_errors=True)

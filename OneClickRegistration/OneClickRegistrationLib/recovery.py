@@ -17,11 +17,12 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import SimpleITK as sitk
 
@@ -111,7 +112,12 @@ def recover(
     budget = options.time_budget_s if options.time_budget_s is not None else default_budget
     progress(0.0, "Searching rotations on a coarse grid")
     candidates = _candidates(pair, preset, first, options.engine)
-    workers = max(1, (os.cpu_count() or 1) // 2) if (os.cpu_count() or 1) >= 4 else 1
+    # A thread budget (a batch running several pairs per machine) bounds the candidates run at once too.
+    cores = options.threads or os.cpu_count() or 1
+    workers = max(1, cores // 2) if cores >= 4 else 1
+    # Ctrl-C/SIGTERM reach the main thread only: the candidates running in workers see this stop.
+    stop, user_cancel = threading.Event(), options.cancel
+    options = replace(options, cancel=lambda: stop.is_set() or (user_cancel is not None and user_cancel()))
 
     def attempt(candidate: Candidate) -> Attempt:
         began = time.perf_counter()
@@ -132,9 +138,13 @@ def recover(
 
     attempts: list[Attempt] = []
     with _mapper(workers) as run_all:
-        for index, done in enumerate(run_all(attempt, candidates)):
-            progress((index + 1) / len(candidates), f"Candidate {index + 1}/{len(candidates)}: {done.start}")
-            attempts.append(done)
+        try:
+            for index, done in enumerate(run_all(attempt, candidates)):
+                progress((index + 1) / len(candidates), f"Candidate {index + 1}/{len(candidates)}: {done.start}")
+                attempts.append(done)
+        except BaseException:
+            stop.set()  # before the pool waits for its running candidates
+            raise
     return tuple(attempts)
 
 

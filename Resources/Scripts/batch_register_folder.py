@@ -3,37 +3,34 @@
     Slicer --no-main-window --python-script batch_register_folder.py INPUT OUTPUT [options]
 
 INPUT holds one sub-folder per case with two volumes named ``fixed.*`` and ``moving.*`` (NRRD, NIfTI,
-MHA, ...); a modality word after an underscore or dash (``fixed_T1w.nii.gz``, ``moving-CT.nrrd``) is
+MHA, ...); a modality word after an underscore or dash (``fixed_T1w.nii.gz``, ``moving-CT.nrrd``)
 helps modality detection (``--fixed-modality``/``--moving-modality`` override it). Or pass
-``--pairs PAIRS.csv`` (columns ``case,fixed,moving``; relative paths are read from the CSV's folder)
-and any INPUT folder.
+``--pairs PAIRS.csv`` (the file ``oneclick-register batch`` reads: columns ``name,fixed,moving``,
+relative paths read from the CSV's folder) and any INPUT folder.
 
-For each case, ``OUTPUT/<case>/`` receives ``transform.tfm`` (ITK text, LPS, fixed -> moving: the file
-Slicer writes for the moving volume's transform, readable by ITK/SimpleITK/ANTs tools), ``report.json``
-and, with ``--resampled``, ``moving_registered.nrrd``. ``OUTPUT/results.csv`` gets one row per case,
-rewritten after every case. A failing case is recorded with its error and the batch goes on. Exit
-status: 0 when every case succeeded, 1 when any failed, 2 for a usage error.
+This is ``oneclick-register batch`` on the files of a folder: the same code registers each case into
+``OUTPUT/<case>/`` (``transform.tfm``: ITK text, LPS, fixed -> moving, the file Slicer writes for the
+moving volume's transform; ``registered.nrrd``, ``report.json``, ``overlay.png``) and writes the
+same ``OUTPUT/summary.csv``, one row per case. A failing case is a row with its error and the batch
+goes on; cases whose outputs are complete are kept unless ``--force``. Exit status: 0 when every case
+succeeded, 1 when any failed, 2 for a usage error, 130 when interrupted.
 
-The script also runs outside Slicer with the ``slicer-core`` wheel (the tests do that); inside Slicer
-it uses the module's logic, so bundled engines (SlicerElastix, BRAINSFit) are found.
+Inside Slicer the engines Slicer extensions bundle (SlicerElastix, SlicerANTs, BRAINSFit) are used;
+outside Slicer (any Python with the core installed, as the tests run it) those on the machine are.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+
+from OneClickRegistrationLib.batch import OK, SUMMARY_FILE, BatchOptions, Pair, read_pairs, register_batch
+from OneClickRegistrationLib.errors import OneClickError
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".hdr")
-CSV_COLUMNS = (
-    "case", "status", "fixed_file", "moving_file", "fixed_modality", "moving_modality", "preset", "engine",
-    "metric", "score_before", "score_after", "verdict", "reasons", "time_s", "transform_file", "error",
-)
 
 
 def _volume_named(folder: Path, stem: str) -> Path | None:
@@ -43,132 +40,63 @@ def _volume_named(folder: Path, stem: str) -> Path | None:
     return found[0] if found else None
 
 
-def find_pairs(input_dir: Path) -> list[tuple[str, Path | None, Path | None]]:
-    """(case, fixed, moving) for every sub-folder; a missing file is None (reported as that case's error)."""
-    return [(sub.name, _volume_named(sub, "fixed"), _volume_named(sub, "moving"))
-            for sub in sorted(input_dir.iterdir()) if sub.is_dir()]
-
-
-def read_pairs_csv(path: Path) -> list[tuple[str, Path | None, Path | None]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if rows and not {"case", "fixed", "moving"} <= set(rows[0]):
-        raise ValueError(f"{path} must have the columns case,fixed,moving; it has {', '.join(rows[0])}.")
-    return [(r["case"], (path.parent / r["fixed"]).resolve(), (path.parent / r["moving"]).resolve())
-            for r in rows]
+def find_pairs(input_dir: Path) -> list[Pair]:
+    """One pair per sub-folder; a missing volume is an empty path (reported as that case's error)."""
+    pairs = []
+    for sub in sorted(input_dir.iterdir()):
+        if sub.is_dir():
+            fixed, moving = _volume_named(sub, "fixed"), _volume_named(sub, "moving")
+            pairs.append(Pair(name=sub.name, fixed=str(fixed or ""), moving=str(moving or ""),
+                              origin=f"the case folder {str(sub)!r}"))
+    return pairs
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="batch_register_folder.py", description=__doc__.splitlines()[0])
     parser.add_argument("input", type=Path, help="folder with one sub-folder (fixed.*, moving.*) per case")
-    parser.add_argument("output", type=Path, help="folder for the transforms, reports and results.csv")
-    parser.add_argument("--pairs", type=Path, help="CSV (case,fixed,moving) instead of sub-folders")
+    parser.add_argument("output", type=Path, help="folder for the cases' outputs and summary.csv")
+    parser.add_argument("--pairs", type=Path, help="PAIRS.csv (name,fixed,moving) instead of sub-folders")
     parser.add_argument("--engine", default=None, help="simpleitk/elastix/ants/brainsfit (default: preset)")
     parser.add_argument("--transform", choices=("rigid", "affine"), default="rigid")
     parser.add_argument("--fixed-modality", default=None, help="T1, T2, FLAIR, CT or MR (default: detect)")
     parser.add_argument("--moving-modality", default=None, help="T1, T2, FLAIR, CT or MR (default: detect)")
-    parser.add_argument("--resampled", action="store_true", help="also save the resampled moving volume")
+    parser.add_argument("--force", action="store_true", help="register again cases whose outputs are complete")
     return parser.parse_args([a for a in argv if a != "--"])
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    partial = path.with_name(f".partial-{path.name}")
-    with partial.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(partial, path)
-
-
-RegisterCase = Callable[[str, Path, Path, Path], dict[str, Any]]
-
-
-def register_all(pairs: Sequence[tuple[str, Path | None, Path | None]], output: Path,
-                 register_case: RegisterCase) -> list[dict[str, Any]]:
-    """Run every case, recording failures instead of stopping; rewrites results.csv after each case."""
-    output.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-    for case, fixed, moving in pairs:
-        row: dict[str, Any] = {"case": case, "fixed_file": fixed or "", "moving_file": moving or ""}
-        try:
-            if fixed is None or moving is None or not fixed.is_file() or not moving.is_file():
-                raise FileNotFoundError(f"case {case!r} needs a fixed.* and a moving.* volume "
-                                        f"(found fixed={fixed}, moving={moving}).")
-            row.update(register_case(case, fixed, moving, output / case), status="ok")
-        except Exception as error:  # one bad case must not stop the batch
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            row.update(status="error", error=message)
-        rows.append(row)
-        print(f"{case}: {row['status']} {row.get('verdict', '')} {row.get('error', '')}".rstrip(), flush=True)
-        write_csv(rows, output / "results.csv")
-    return rows
-
-
-def slicer_case_runner(args: argparse.Namespace) -> RegisterCase:
-    """Loads, registers and saves one case with MRML nodes (Slicer, or the slicer-core wheel)."""
-    import slicer
-
-    import OneClickRegistrationSceneGlue as glue
-
-    scene = getattr(slicer, "mrmlScene", None) or slicer.vtkMRMLScene()
-    try:  # inside Slicer: the module's logic (configures SlicerElastix, BRAINSFit...)
+def configure_slicer_engines() -> None:
+    """Inside Slicer, point the core at the engines Slicer's extensions bundle (nothing to do outside)."""
+    try:
         from OneClickRegistration import OneClickRegistrationLogic
-
-        register_nodes = OneClickRegistrationLogic().register
-    except ImportError:  # slicer-core wheel: the same glue, without Slicer's bundled engines
-        register_nodes = glue.registerNodes
-    options = {"engine": args.engine, "transform": args.transform,
-               "fixed_modality": args.fixed_modality, "moving_modality": args.moving_modality}
-
-    def run(case: str, fixed_file: Path, moving_file: Path, case_dir: Path) -> dict[str, Any]:
-        created = []
-        try:
-            fixed = glue.loadVolumeFile(scene, str(fixed_file))
-            created.append(fixed)
-            moving = glue.loadVolumeFile(scene, str(moving_file))
-            created.append(moving)
-            applied = register_nodes(fixed, moving, createResampledVolume=args.resampled, showResult=False,
-                                     **options)
-            created += [applied.transform_node, applied.resampled_node]
-            case_dir.mkdir(parents=True, exist_ok=True)
-            transform_file = case_dir / "transform.tfm"
-            glue.saveNodeToFile(applied.transform_node, str(transform_file))
-            if applied.resampled_node is not None:
-                glue.saveNodeToFile(applied.resampled_node, str(case_dir / "moving_registered.nrrd"))
-            (case_dir / "report.json").write_text(json.dumps(applied.result.to_report(), indent=2),
-                                                  encoding="utf-8")
-            row = glue.resultRow(applied.result, fixedName=fixed_file.name, movingName=moving_file.name)
-            return {
-                "fixed_modality": row["Fixed modality"], "moving_modality": row["Moving modality"],
-                "preset": row["Preset"], "engine": row["Engine"], "metric": row["Metric"],
-                "score_before": row["Score before"], "score_after": row["Score after"],
-                "verdict": row["Verdict"], "reasons": row["Reasons"], "time_s": round(row["Time (s)"], 2),
-                "transform_file": str(transform_file),
-            }
-        finally:
-            for node in created:
-                if node is not None and node.GetScene() is scene:
-                    scene.RemoveNode(node)
-
-    return run
+    except ImportError:  # not inside Slicer
+        return
+    OneClickRegistrationLogic().configureEngines()
 
 
-def main(argv: Sequence[str] | None = None, register_case: RegisterCase | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as stop:  # --help (0) or a usage error (2), already printed by argparse
         return int(stop.code or 0)
     try:
-        pairs = read_pairs_csv(args.pairs) if args.pairs else find_pairs(args.input)
-    except (OSError, ValueError) as error:
+        pairs = read_pairs(args.pairs) if args.pairs else find_pairs(args.input)
+    except (OSError, OneClickError) as error:
         print(f"batch_register_folder: {error}", file=sys.stderr)
         return 2
     if not pairs:
         print(f"batch_register_folder: no case found in {args.pairs or args.input}", file=sys.stderr)
         return 2
-    rows = register_all(pairs, args.output, register_case or slicer_case_runner(args))
-    failed = sum(row["status"] != "ok" for row in rows)
-    print(f"{len(rows) - failed} of {len(rows)} cases registered; results in {args.output / 'results.csv'}")
+    modalities = {"fixed_modality": args.fixed_modality, "moving_modality": args.moving_modality}
+    pairs = [replace(p, **{k: v for k, v in modalities.items() if v}) for p in pairs]
+    configure_slicer_engines()
+    options = BatchOptions(engine=args.engine, transform=args.transform, force=args.force)
+    try:
+        outcomes = register_batch(pairs, args.output, options=options)
+    except KeyboardInterrupt:
+        print(f"batch_register_folder: interrupted; summary in {args.output / SUMMARY_FILE}", file=sys.stderr)
+        return 130
+    failed = sum(o.row["status"] != OK for o in outcomes)
+    print(f"{len(outcomes) - failed} of {len(outcomes)} cases registered; summary in {args.output / SUMMARY_FILE}")
     return 1 if failed else 0
 
 

@@ -91,7 +91,7 @@ def test_batch_completes_the_good_pairs_and_reports_each_bad_one(pair_folder, tm
         "constant": "is constant (every voxel is 5)",
         "4D": "4D image with 2 volumes",
         "no_engine": "The brainsfit engine was requested but is not available",
-        "no_moving": "row 9 has no moving image path",
+        "no_moving": "Row 9 of the pairs file has no moving image path",
     }
     for name, words in expected.items():
         assert summary[name]["status"] == "error" and words in summary[name]["error"], summary[name]
@@ -150,3 +150,27 @@ def test_ctrl_c_during_the_engine_stops_everything_and_writes_the_summary(pair_f
     summary = _rows(out / "summary.csv")
     assert summary["first"]["status"] == "interrupted" and summary["second"]["status"] == "not run"
     assert not (out / "first").exists()
+
+
+@pytest.mark.engine
+def test_a_second_run_keeps_complete_pairs_and_force_registers_them_again(pair_folder, tmp_path, capsys) -> None:
+    pairs = pair_folder / "pairs.csv"
+    pairs.write_text("name,fixed,moving\nfirst,fixed T1.nrrd,moving T1.nrrd\nsecond,fixed T1.nrrd,moving T1.nrrd\n",
+                     encoding="utf-8")
+    out = tmp_path / "out"
+    command = ["batch", str(pairs), "-o", str(out), "--engine", "elastix", "--no-recover", "--quiet"]
+    assert cli_main(command) == 0
+    first = _rows(out / "summary.csv")
+    stamp = (out / "first" / "transform.tfm").stat().st_mtime_ns
+    (out / "second" / "report.json").unlink()  # as if the run had been stopped before this pair was complete
+    capsys.readouterr()
+    assert cli_main(command) == 0
+    assert "2 of 2 pairs registered (1 complete before, kept" in capsys.readouterr().out
+    assert (out / "first" / "transform.tfm").stat().st_mtime_ns == stamp
+    assert (out / "second" / "report.json").is_file()
+    again = _rows(out / "summary.csv")
+    for column in ("status", "verdict", "metric", "score_after", "engine", "preset", "elapsed_s"):
+        assert again["first"][column] == first["first"][column], column  # the kept pair's row, from its report
+    assert cli_main([*command, "--force"]) == 0
+    assert (out / "first" / "transform.tfm").stat().st_mtime_ns != stamp
+    assert "complete before" not in capsys.readouterr().out

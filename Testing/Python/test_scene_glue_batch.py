@@ -1,9 +1,9 @@
-"""The Slicer batch script (Resources/Scripts/batch_register_folder.py), run with the slicer-core wheel.
+"""The Slicer batch script (Resources/Scripts/batch_register_folder.py), run outside Slicer.
 
-Inside Slicer the script uses the module's logic; outside it falls back to the same scene glue, so
-everything but Slicer's bundled engines is exercised here: finding the cases, loading files with
-Slicer's storage nodes, registering, saving the transform with Slicer's writer, the CSV and the exit
-status. The saved transform is checked against the ground truth in millimetres.
+The script is the core batch (``oneclick-register batch``) on the cases of a folder; inside Slicer
+it only adds Slicer's bundled engines. Exercised here: finding the cases, registering, the same
+summary CSV as the command line, per-case errors and the exit status. The saved transform is
+checked against the ground truth in millimetres.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def cases(tmp_path, pair) -> Path:
 
 def read_rows(path: Path) -> dict[str, dict[str, str]]:
     with path.open(newline="", encoding="utf-8") as handle:
-        return {row["case"]: row for row in csv.DictReader(handle)}
+        return {row["name"]: row for row in csv.DictReader(handle)}
 
 
 @pytest.mark.engine
@@ -66,27 +66,27 @@ def test_folder_of_pairs_gives_transforms_and_a_csv(batch, cases, pair, tmp_path
     out = tmp_path / "out"
     status = batch.main(["--", str(cases), str(out), "--engine", "simpleitk"])
     assert status == 1  # one case registered, two reported as failed
-    rows = read_rows(out / "results.csv")
+    rows = read_rows(out / "summary.csv")
     assert list(rows) == ["case01", "case02", "case03"]
     good = rows["case01"]
     assert good["status"] == "ok" and good["engine"] == "simpleitk" and good["verdict"] == "good"
-    assert (good["fixed_modality"], good["moving_modality"]) == ("T1", "T2")
-    transform = sitk.ReadTransform(good["transform_file"])
+    transform = sitk.ReadTransform(str(out / "case01" / "transform.tfm"))
     error = synthetic.target_registration_error(transform, pair.truth, pair.brain_points)
     assert error.mean() < 1.5 and error.max() < 3.0
     report = json.loads((out / "case01" / "report.json").read_text(encoding="utf-8"))
     assert report["verdict"] == "good"
-    assert rows["case02"]["status"] == "error" and "needs a fixed" in rows["case02"]["error"]
+    assert (report["fixed_modality"], report["moving_modality"]) == ("T1", "T2")
+    assert rows["case02"]["status"] == "error" and "has no moving image path" in rows["case02"]["error"]
     assert rows["case03"]["status"] == "error" and "Cannot read" in rows["case03"]["error"]
 
 
 def test_pairs_csv_and_usage_errors(batch, cases, tmp_path):
     pairs = tmp_path / "pairs.csv"
-    pairs.write_text("case,fixed,moving\nonly,in put/case02/fixed.nrrd,in put/case02/missing.nrrd\n",
+    pairs.write_text("name,fixed,moving\nonly,in put/case02/fixed.nrrd,in put/case02/missing.nrrd\n",
                      encoding="utf-8")
     out = tmp_path / "out"
     assert batch.main([str(cases), str(out), "--pairs", str(pairs)]) == 1
-    assert read_rows(out / "results.csv")["only"]["status"] == "error"
+    assert read_rows(out / "summary.csv")["only"]["status"] == "error"
     assert batch.main(["--help"]) == 0
     assert batch.main([str(cases)]) == 2  # OUTPUT missing
     empty = tmp_path / "empty"

@@ -189,12 +189,15 @@ def _save_rgb(rgb: np.ndarray, path: Path) -> Path:
 
 
 def render_overlays(pair, result, folder: Path) -> list[Path]:
-    from OneClickRegistrationLib.overlay import overlay_rgb
+    from OneClickRegistrationLib.overlay import caption_for, qc_mosaic, write_overlay
 
     before = sitk.Resample(pair.moving, pair.fixed, sitk.Transform(), sitk.sitkLinear, float("nan"),
                            sitk.sitkFloat32)
-    return [_save_rgb(overlay_rgb(pair.fixed, result.registered), folder / "registered-pair.png"),
-            _save_rgb(overlay_rgb(pair.fixed, before), folder / "unregistered-pair.png")]
+    fill = result.preset.moving_fill_value
+    sheet = write_overlay(pair.fixed, result.registered, folder / "qc-sheet.png", fill_value=fill,
+                          transform=result.transform, caption=caption_for(result))
+    return [_save_rgb(qc_mosaic(pair.fixed, result.registered, fill_value=fill).rgb, folder / "registered-pair.png"),
+            _save_rgb(qc_mosaic(pair.fixed, before).rgb, folder / "unregistered-pair.png"), sheet]
 
 
 def main(argv: list[str] | None = None) -> int:

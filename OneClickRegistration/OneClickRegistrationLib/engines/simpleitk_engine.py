@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import EngineError
+from ..interrupts import deferred
 from ..presets import level_shrink_factors
 from ..transforms import as_affine, as_euler
 from .base import (
@@ -136,30 +137,45 @@ class SimpleITKEngine:
                 method.SetNumberOfThreads(options.threads)
             cancelled = False
             base = done
+            # An exception must not cross SimpleITK's C++ frames (it is printed and becomes "There
+            # was an error executing the Python Callable"): the callback keeps it, stops the
+            # optimizer, and it is raised below. Signals are held meanwhile (see interrupts.py).
+            stopped_by: list[BaseException] = []
+            signals: list[int] = []
 
             def on_iteration(
-                method: sitk.ImageRegistrationMethod = method, base: int = base, index: int = index
+                method: sitk.ImageRegistrationMethod = method, base: int = base, index: int = index,
+                stopped_by: list[BaseException] = stopped_by, signals: list[int] = signals,
             ) -> None:
                 nonlocal cancelled
-                iteration = method.GetOptimizerIteration()
-                report(
-                    options,
-                    (base + iteration) / total,
-                    f"SimpleITK level {index + 1}/{len(levels)}, iteration {iteration}",
-                )
-                if options.cancel is not None and options.cancel():
-                    cancelled = True
+                try:
+                    iteration = method.GetOptimizerIteration()
+                    report(
+                        options,
+                        (base + iteration) / total,
+                        f"SimpleITK level {index + 1}/{len(levels)}, iteration {iteration}",
+                    )
+                    if signals or (options.cancel is not None and options.cancel()):
+                        cancelled = True
+                        method.StopRegistration()
+                except BaseException as exc:  # Ctrl-C / SIGTERM (interrupts.py) or a progress error
+                    stopped_by.append(exc)
                     method.StopRegistration()
 
             method.AddCommand(sitk.sitkIterationEvent, on_iteration)
             try:
-                result = method.Execute(request.fixed, request.moving)
+                with deferred(signals):  # a held Ctrl-C/SIGTERM is raised when Execute returns
+                    result = method.Execute(request.fixed, request.moving)
             except RuntimeError as exc:
+                if stopped_by:
+                    raise stopped_by[0] from None
                 raise EngineError(
                     f"SimpleITK registration failed at level {index + 1}: "
                     f"{str(exc).strip().splitlines()[-1]}",
                     log_tail=tuple(log[-10:]),
                 ) from None
+            if stopped_by:
+                raise stopped_by[0]
             if cancelled:
                 check_cancel(options, self.name)
             transform = _unwrap(result)

@@ -1,0 +1,112 @@
+"""Batch throughput on a Dask cluster: the same pairs on 1 worker process and on 2, side by side.
+
+Realistic synthetic heads (MNI152 tissue maps with skull and scalp, modality-typical grids, random
+rigid misalignments up to 25 degrees and 30 mm) are written to files and registered by the product's
+batch (``register_batch`` on a ``LocalCluster``), as ``oneclick-register batch --workers N`` does.
+One worker gives each pair every core (engine threads = cores); N workers share them (cores / N
+threads each), so the ratio measures what running pairs side by side gains over threading inside
+one pair. Per pair: time, TRE against the truth (both runs must agree), peak memory of the worker
+and its engine, and bytes read and written.
+
+    python Testing/Benchmarks/bench_cluster.py [--pairs 8] [--workers 2] [--coarsen 1.0] [--no-recover]
+
+Prints a table and writes Testing/Benchmarks/results/bench_cluster.json. The machine's load
+average before and after is recorded: other work on the machine lowers the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import SimpleITK as sitk
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import make_case_pair, mean_tre, print_table, random_cases, write_json
+
+from OneClickRegistrationLib.batch import BatchOptions, Pair, register_batch, usable_cores
+from OneClickRegistrationLib.batch_cluster import cluster_client
+
+PAIRS = [("T1", "T1"), ("T1", "T2"), ("T1", "FLAIR"), ("T1", "CT"), ("CT", "T1"), ("T2", "FLAIR")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2, help="the cluster compared with one worker")
+    parser.add_argument("--coarsen", type=float, default=1.0, help="voxel size factor (1.0: realistic grids)")
+    parser.add_argument("--no-recover", action="store_true")
+    args = parser.parse_args()
+
+    cases = random_cases(PAIRS, per_pair=(args.pairs + len(PAIRS) - 1) // len(PAIRS), seed=1616)[: args.pairs]
+    options = BatchOptions(recover=not args.no_recover)
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as work:
+        root = Path(work)
+        pairs, truths = [], {}
+        for index, case in enumerate(cases):
+            name = f"{index:02d}_{case.moving_modality}_to_{case.fixed_modality}"
+            synthetic_pair = make_case_pair(case, coarsen=args.coarsen)
+            sitk.WriteImage(synthetic_pair.fixed, str(root / f"{name}_fixed.nrrd"), True)
+            sitk.WriteImage(synthetic_pair.moving, str(root / f"{name}_moving.nrrd"), True)
+            pairs.append(Pair(name=name, fixed=f"{name}_fixed.nrrd", moving=f"{name}_moving.nrrd", base=root))
+            truths[name] = synthetic_pair
+        load_before = os.getloadavg()
+        runs, idle_mb = {}, {}
+        for workers in (1, args.workers):
+            with cluster_client(workers=workers) as client:
+                # the workers are up before the clock starts; their size before any pair, for comparison
+                idle = client.run(lambda: __import__("psutil").Process().memory_info().rss / 1e6)
+                idle_mb[workers] = round(max(idle.values()), 1)
+                start = time.perf_counter()
+                outcomes = register_batch(pairs, root / f"out-{workers}", options=options, client=client,
+                                          show_progress=False)
+                runs[workers] = (time.perf_counter() - start, outcomes)
+        load_after = os.getloadavg()
+        per_pair = []
+        for index, pair in enumerate(pairs):
+            row: dict[str, object] = {"pair": pair.name}
+            for workers, (_, outcomes) in runs.items():
+                outcome = outcomes[index]
+                tag = f"{workers}w"
+                row[f"status_{tag}"] = outcome.row["status"]
+                row[f"threads_{tag}"] = outcome.threads
+                row[f"s_{tag}"] = outcome.row.get("elapsed_s")
+                transform_file = root / f"out-{workers}" / pair.name / "transform.tfm"
+                row[f"tre_mm_{tag}"] = (mean_tre(sitk.ReadTransform(str(transform_file)), truths[pair.name])
+                                        if transform_file.is_file() else float("inf"))
+                if outcome.resources is not None:
+                    row[f"peak_mb_{tag}"] = outcome.resources.peak_memory_mb
+                    row[f"read_mb_{tag}"] = outcome.resources.read_mb
+                    row[f"written_mb_{tag}"] = outcome.resources.written_mb
+            per_pair.append(row)
+    many = args.workers
+    wall_one, wall_many = runs[1][0], runs[many][0]
+    cores = usable_cores()
+    summary = {
+        "pairs": len(pairs),
+        "cores": cores,
+        "wall_s_1_worker": round(wall_one, 1),
+        f"wall_s_{many}_workers": round(wall_many, 1),
+        "throughput_ratio": round(wall_one / wall_many, 3),
+        "pairs_per_hour_per_core": round(len(pairs) / (wall_many / 3600) / cores, 1),
+        "idle_worker_mb": idle_mb[many],
+        "max_peak_mb_per_pair": max(float(r.get(f"peak_mb_{many}w", 0.0)) for r in per_pair),
+        "load_average_before": [round(v, 2) for v in load_before],
+        "load_average_after": [round(v, 2) for v in load_after],
+    }
+    columns = ["pair", "s_1w", f"s_{many}w", "tre_mm_1w", f"tre_mm_{many}w", f"peak_mb_{many}w",
+               f"read_mb_{many}w", f"written_mb_{many}w", "peak_mb_1w"]
+    print_table(per_pair, columns)
+    print()
+    for key, value in summary.items():
+        print(f"{key}: {value}")
+    path = write_json("bench_cluster", {"args": vars(args), "summary": summary, "per_pair": per_pair})
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
