@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .cli_common import EXIT_OK, MODALITY_CHOICES, QuietParser, TerminalProgress, guarded
 from .engines import ENGINE_NAMES
-from .images import read_image
+from .images import read_image, read_transform
 from .modality import metadata_from_file
 from .options import ImageInfo, RegistrationOptions, from_shortcuts
 from .output_folder import check_output_folder
 from .outputs import write_outputs
 from .pipeline import RegistrationResult, register
+from .progress_lines import ProgressLines, guarded_with_events
 
 
 def add_registration_options(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +35,8 @@ def add_registration_options(parser: argparse.ArgumentParser) -> None:
         help="keep the engine's temporary folder (debugging); its path is printed and in report.json",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--progress-lines", action="store_true",
+                        help="progress and outcome as JSON lines on stdout (for a parent program)")
 
 
 def options_from_args(args: argparse.Namespace, *, progress_prefix: str = "") -> RegistrationOptions:
@@ -60,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--moving-modality", choices=MODALITY_CHOICES, type=str.upper)
     parser.add_argument("--fixed-volume-index", type=int, default=None, help="volume of a 4D fixed file")
     parser.add_argument("--moving-volume-index", type=int, default=None, help="volume of a 4D moving file")
+    parser.add_argument("--initial-transform", type=Path, default=None, metavar="T",
+                        help="ITK transform file (fixed->moving) to start from instead of the automatic one")
     add_registration_options(parser)
     return parser
 
@@ -133,22 +139,31 @@ def print_result(result: RegistrationResult) -> None:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    lines = ProgressLines() if args.progress_lines else None
 
     def run() -> int:
+        options = options_from_args(args)
+        if lines is not None:
+            options = replace(options, progress=lines)
+        if args.initial_transform is not None:
+            options = replace(options, initial_transform=read_transform(args.initial_transform))
         result = register_files(
             args.fixed,
             args.moving,
             args.output,
-            options=options_from_args(args),
+            options=options,
             fixed_modality=args.fixed_modality,
             moving_modality=args.moving_modality,
             fixed_volume_index=args.fixed_volume_index,
             moving_volume_index=args.moving_volume_index,
         )
+        if lines is not None:
+            lines.done(outdir=str(args.output), verdict=result.verdict.label)
+            return EXIT_OK
         print_result(result)
         for folder in result.kept_temp_dirs:
             print(f"Engine work folder kept in {folder}")
         print(f"Outputs in {args.output}")
         return EXIT_OK
 
-    return guarded(run)
+    return guarded(run) if lines is None else guarded_with_events(run, lines)

@@ -43,7 +43,8 @@ class RegistrationOptions:
     not ``good``, within ``time_budget_s`` (None: a default scaled on the first attempt).
     ``timeout_s`` caps each engine run; ``threads`` caps an engine's threads; ``keep_temp`` keeps
     the engines' work folders (their paths are in the result). ``progress(fraction, message)`` and
-    ``cancel()`` connect the run to a user interface.
+    ``cancel()`` connect the run to a user interface. ``initial_transform`` (fixed->moving, e.g. a
+    manual pre-alignment) replaces the automatic initialization as the first attempt's start.
     """
 
     engine: str | None = None
@@ -55,6 +56,7 @@ class RegistrationOptions:
     keep_temp: bool = False
     progress: ProgressCallback | None = None
     cancel: CancelCheck | None = None
+    initial_transform: sitk.Transform | None = None
 
     def __post_init__(self) -> None:
         if self.transform not in TRANSFORM_KINDS:

@@ -216,11 +216,13 @@ def register(
     report(0.02, f"Preparing the images ({preset.name})")
     pair = prepare_pair(fixed, moving, preset, fixed_mask=fixed_info.mask, moving_mask=moving_info.mask)
     notes.extend(pair.notes)
-    initial = initial_alignment(pair, preset.initialization)
+    initial = (initial_alignment(pair, preset.initialization) if options.initial_transform is None
+               else options.initial_transform)
     score_before = score_on(pair, None, preset.score_metric)
     report(0.05, f"Registering with {engine_name}")
     run_options = options.run_options(progress=report.slice(0.05, 0.75 if options.recover else 0.92))
-    start_label = f"{preset.initialization} initialization"
+    start_label = (f"{preset.initialization} initialization" if options.initial_transform is None
+                   else "the given initial transform")
     try:
         first = run_attempt(pair, preset, engine=engine_name, initial=initial, start=start_label,
                             options=run_options)

@@ -68,16 +68,23 @@ def configured(tmp_path_factory) -> Path:
 
 def test_every_python_file_of_the_module_is_listed(configured):
     listed = set((configured / "listed.txt").read_text(encoding="utf-8").split())
-    expected = {"OneClickRegistration.py", "OneClickRegistrationSceneGlue.py"} | {
-        str(p.relative_to(MODULE_DIR)) for p in (MODULE_DIR / "OneClickRegistrationLib").rglob("*.py")
-        if "__pycache__" not in p.parts
+    expected = {"OneClickRegistration.py"} | {
+        str(p.relative_to(MODULE_DIR)) for package in ("OneClickRegistrationLib", "OneClickRegistrationSlicer")
+        for p in (MODULE_DIR / package).rglob("*.py") if "__pycache__" not in p.parts
     }
     assert "OneClickRegistrationLib/engines/base.py" in expected  # the walk found the engines
+    assert "OneClickRegistrationSlicer/scene.py" in expected
     assert listed == expected
 
 
+def test_only_the_module_file_sits_at_the_top_of_the_module_folder():
+    # Slicer's scripted-module factory loads every .py there as a module of its own.
+    assert sorted(p.name for p in MODULE_DIR.glob("*.py")) == ["OneClickRegistration.py"]
+
+
 def test_resources_are_copied_beside_the_module(configured):
-    for resource in ("Resources/UI/OneClickRegistration.ui", "Resources/Icons/OneClickRegistration.png"):
+    for resource in ("Resources/UI/OneClickRegistration.ui", "Resources/Icons/OneClickRegistration.png",
+                     "Resources/Scripts/batch_register_folder.py"):
         copied = configured / SCRIPTED_DIR / resource
         assert copied.read_bytes() == (ROOT / resource).read_bytes(), resource
 
@@ -86,3 +93,12 @@ def test_module_and_self_test_are_registered(configured):
     lines = (configured / "module.txt").read_text(encoding="utf-8").split()
     assert "NAME=OneClickRegistration" in lines
     assert "UNITTEST=OneClickRegistration.py" in lines
+
+
+def test_extension_metadata_points_at_no_made_up_address():
+    top = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert "http" not in top
+    for field in ("EXTENSION_HOMEPAGE", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_CONTRIBUTORS"):
+        line = next(line for line in top.splitlines() if line.startswith(f"set({field} "))
+        assert "TO FILL" in line, line
+    assert (ROOT / "LICENSE").read_text(encoding="utf-8").lstrip().startswith("Apache License")

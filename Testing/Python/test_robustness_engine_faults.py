@@ -406,7 +406,7 @@ def test_errno_of_a_full_disk_is_what_the_simulation_produces(tmp_path) -> None:
 @pytest.mark.parametrize("fault", ["timeout", "cancel during the engine"])
 def test_slicer_glue_leaves_the_scene_as_it_was_when_the_engine_hangs(fault, temp_root, tmp_path) -> None:
     slicer = pytest.importorskip("slicer")
-    import OneClickRegistrationSceneGlue as glue
+    from OneClickRegistrationSlicer import registration as glue
 
     scene = slicer.vtkMRMLScene()
     pair = tiny_pair()
@@ -423,7 +423,7 @@ def test_slicer_glue_leaves_the_scene_as_it_was_when_the_engine_hangs(fault, tem
     expected = EngineTimeoutError if fault == "timeout" else CancelledError
     with engine_program("elastix", program), pytest.raises(expected):
         glue.registerNodes(fixed, moving, engine="elastix", recover=False, fixed_modality="T1",
-                           moving_modality="T1", **options)
+                           moving_modality="T1", environment={"ONECLICK_ELASTIX": str(program)}, **options)
     after = (frozenset(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())),
              moving.GetTransformNodeID(), composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID(),
              fingerprint(glue.imageFromVolumeNode(moving)))

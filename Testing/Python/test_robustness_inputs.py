@@ -321,7 +321,7 @@ def test_slicer_glue_refuses_bad_nodes_and_leaves_the_scene_as_it_was(case) -> N
     pytest.importorskip("slicer")
     import slicer as mrml
 
-    import OneClickRegistrationSceneGlue as glue
+    from OneClickRegistrationSlicer import registration as glue
 
     scene = mrml.vtkMRMLScene()
     fixed = glue.addVolumeNodeFromImage(scene, tiny_pair().fixed, "fixed")

@@ -219,7 +219,7 @@ def test_judging_any_transform_on_any_images_gives_a_verdict_or_a_documented_err
 @given(image=images(dimensions=(3,), components=(1, 1, 1, 1, 3)))
 def test_glue_round_trip_keeps_every_voxel_and_the_geometry(image) -> None:
     slicer = pytest.importorskip("slicer")
-    import OneClickRegistrationSceneGlue as glue
+    from OneClickRegistrationSlicer import registration as glue
 
     direction = np.reshape(image.GetDirection(), (3, 3))
     assume(abs(abs(np.linalg.det(direction)) - 1.0) < 1e-6 and np.allclose(direction.T @ direction, np.eye(3)))

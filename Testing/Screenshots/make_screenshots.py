@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -33,7 +34,9 @@ from PySide6.QtWidgets import QApplication, QComboBox, QGroupBox, QLabel, QWidge
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "OneClickRegistration"))
 
-import OneClickRegistrationSceneGlue as glue  # noqa: E402
+from OneClickRegistrationLib.outputs import write_outputs  # noqa: E402
+from OneClickRegistrationSlicer.outcome import readRegistrationOutputs  # noqa: E402
+from OneClickRegistrationSlicer.summary import resultSummaryHtml  # noqa: E402
 
 UI_FILE = ROOT / "Resources" / "UI" / "OneClickRegistration.ui"
 ICON_FILE = ROOT / "Resources" / "Icons" / "OneClickRegistration.png"
@@ -43,6 +46,7 @@ SHOTS = ROOT / "Screenshots"
 STAND_INS = {
     "qMRMLWidget": ("QWidget", {}),
     "qMRMLNodeComboBox": ("QComboBox", {}),
+    "qMRMLTableView": ("QTableWidget", {}),
     "ctkCollapsibleButton": ("QGroupBox", {"text": "title"}),
 }
 
@@ -134,7 +138,22 @@ def _plain_qt_ui(path: Path) -> QByteArray:
     return QByteArray(ET.tostring(tree.getroot(), encoding="utf-8"))
 
 
-def render_panel(result, path: Path) -> Path:
+def _fill_results_table(table, outcome) -> None:
+    from PySide6.QtWidgets import QTableWidgetItem
+
+    from OneClickRegistrationSlicer.results_table import RESULTS_TABLE_COLUMNS, resultRow
+
+    row = resultRow(outcome, fixedName="T1_MPRAGE", movingName="T2_TSE_axial",
+                    transformName="T2_TSE_axial to T1_MPRAGE")
+    table.setColumnCount(len(RESULTS_TABLE_COLUMNS))
+    table.setRowCount(1)
+    table.setHorizontalHeaderLabels([name for name, _ in RESULTS_TABLE_COLUMNS])
+    for column, (name, kind) in enumerate(RESULTS_TABLE_COLUMNS):
+        value = row[name]
+        table.setItem(0, column, QTableWidgetItem(f"{value:.3f}" if kind == "d" else str(value)))
+
+
+def render_panel(pair, result, path: Path) -> Path:
     from OneClickRegistrationLib.engines import engine_availability
 
     data = _plain_qt_ui(UI_FILE)
@@ -151,6 +170,7 @@ def render_panel(result, path: Path) -> Path:
     child(QComboBox, "fixedVolumeSelector").addItem("T1_MPRAGE")
     child(QComboBox, "movingVolumeSelector").addItem("T2_TSE_axial")
     child(QComboBox, "judgeTransformSelector").addItem("None")
+    child(QComboBox, "outputTransformSelector").addItem("Create a new transform")
     fixed, moving = result.fixed_modality, result.moving_modality
     child(QLabel, "fixedModalityDetectedLabel").setText(
         f"detected: {fixed.modality} ({fixed.source}, confidence {fixed.confidence:.2f})")
@@ -159,7 +179,11 @@ def render_panel(result, path: Path) -> Path:
     available = engine_availability()
     child(QLabel, "engineStatusLabel").setText("\n".join(
         f"{'✓' if a.available else '✗'} {name}: {a.detail}" for name, a in available.items()))
-    child(QLabel, "resultLabel").setText(glue.resultSummaryHtml(result))
+    with tempfile.TemporaryDirectory() as folder:  # the panel shows what it reads back from the child's files
+        write_outputs(result, pair.fixed, folder)
+        outcome = readRegistrationOutputs(Path(folder))
+    child(QLabel, "resultLabel").setText(resultSummaryHtml(outcome))
+    _fill_results_table(child(QWidget, "resultsTableView"), outcome)
     child(QLabel, "statusLabel").setText("Done.")
     child(QWidget, "progressBar").hide()
     child(QWidget, "registerButton").setEnabled(True)
@@ -211,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "panel", "overlay"):
         pair, result = example_registration()
         if args.only in (None, "panel"):
-            written.append(render_panel(result, SHOTS / "panel.png"))
+            written.append(render_panel(pair, result, SHOTS / "panel.png"))
         if args.only in (None, "overlay"):
             written += render_overlays(pair, result, SHOTS)
     for path in written:

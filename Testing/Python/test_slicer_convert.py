@@ -1,4 +1,4 @@
-"""The scene glue against real MRML (the ``slicer-core`` wheel): geometry, transforms, table, display.
+"""Node <-> image and transform conversion against real MRML (the ``slicer-core`` wheel).
 
 Every check compares against an independent computation: SimpleITK's own index->point mapping,
 ``TransformPoint`` on LPS points, or a resampling through the ground-truth transform.
@@ -15,8 +15,9 @@ import SimpleITK as sitk
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
-import OneClickRegistrationSceneGlue as glue  # noqa: E402
 from OneClickRegistrationLib.errors import InputError  # noqa: E402
+from OneClickRegistrationSlicer import convert as glue  # noqa: E402
+from OneClickRegistrationSlicer.command import registrationCommand  # noqa: E402
 
 pytestmark = pytest.mark.slicer
 
@@ -149,7 +150,7 @@ def test_empty_or_wrong_nodes_are_refused_with_a_clear_message(scene):
         glue.imageFromVolumeNode(model, role="moving")
     vol = glue.addVolumeNodeFromImage(scene, make_image(np.eye(3), np.int16), "same")
     with pytest.raises(InputError, match="must be different nodes"):
-        glue.inputsFromNodes(vol, vol)
+        registrationCommand(vol, vol)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -258,59 +259,6 @@ def test_non_linear_transform_node_cannot_be_judged(scene):
     grid = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "warp")
     with pytest.raises(InputError, match="'warp' is not linear"):
         glue.transformBetweenVolumes(fixed, grid)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Background job (the panel's worker thread)
-# ---------------------------------------------------------------------------------------------------
-
-def _wait(job: glue.BackgroundJob) -> list[tuple[float, str]]:
-    seen = []
-    while not job.finished:
-        latest = job.poll()
-        if latest:
-            seen.append(latest)
-        job.join(0.005)
-    return seen
-
-
-def test_background_job_reports_progress_then_its_result():
-    import threading
-
-    ran_in = []
-
-    def work(progress, cancel):
-        ran_in.append(threading.current_thread().name)
-        for step in range(5):
-            progress(step / 4, f"step {step}")
-        return "value"
-
-    job = glue.BackgroundJob(work).start()
-    seen = _wait(job)
-    assert job.result == "value" and job.error is None
-    assert ran_in == ["OneClickRegistration"]
-    assert all(0.0 <= f <= 1.0 for f, _ in seen)
-
-
-def test_background_job_hands_errors_and_cancel_to_the_main_thread():
-    import threading
-
-    started = threading.Event()
-
-    def work(progress, cancel):
-        started.set()
-        while not cancel():
-            progress(0.5, "waiting")
-            threading.Event().wait(0.002)
-        raise InputError("stopped because cancel() turned true")
-
-    job = glue.BackgroundJob(work).start()
-    assert started.wait(5)
-    assert not job.cancelRequested()
-    job.cancel()
-    _wait(job)
-    assert job.cancelRequested()
-    assert job.result is None and isinstance(job.error, InputError)
 
 
 def test_node_metadata_feeds_modality_detection_with_dicom_tags(scene):
