@@ -14,9 +14,9 @@ from dataclasses import dataclass, replace
 import SimpleITK as sitk
 
 from .engines import get_engine
-from .engines.base import EngineRequest, RunOptions
+from .engines.base import RunOptions
 from .metrics import ScoreResult, score
-from .preparation import PreparedPair
+from .preparation import PreparedPair, engine_request, engine_result
 from .presets import Preset
 from .verdict import Verdict, judge
 
@@ -85,20 +85,16 @@ def run_attempt(
     Raises the engine's errors (:mod:`.errors`); the caller decides whether a failure ends the run.
     """
     began = time.perf_counter()
-    request = EngineRequest(
-        fixed=pair.fixed,
-        moving=pair.moving,
-        preset=preset,
-        transform_kind=preset.transform,
-        initial_transform=initial,
-    )
+    # Partial fields of view by design: sampled only where the images overlap (see engine_request).
+    request, inverted = engine_request(pair, preset, initial, engine=engine)
     output = get_engine(engine).run(request, options)
+    transform = engine_result(output.transform, inverted=inverted)
     return Attempt(
         engine=engine,
         start=start,
         initial=initial,
-        transform=output.transform,
-        score=score_on(pair, output.transform, preset.score_metric),
+        transform=transform,
+        score=score_on(pair, transform, preset.score_metric),
         elapsed_s=time.perf_counter() - began,
         log=output.log,
         kept_temp_dir=output.kept_temp_dir,

@@ -10,19 +10,20 @@ started elsewhere applies its own setting, 3 by default).
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .batch import (
+from .batch_pairs import (
     ERROR,
     INTERRUPTED,
     OK,
-    BatchOptions,
     BatchProgress,
     Pair,
     PairOutcome,
@@ -34,6 +35,7 @@ from .batch import (
     usable_cores,
 )
 from .errors import InputError
+from .options import RegistrationOptions
 
 # A worker death is retried once on another worker; the second death fails the pair.
 ALLOWED_WORKER_DEATHS = 1
@@ -72,12 +74,17 @@ def cluster_client(*, workers: int | None = None, scheduler: str | None = None) 
     import dask
 
     cluster = client = None
+    scratch = None
     try:
         if workers is not None:
-            with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_WORKER_DEATHS}):
+            # the workers' scratch space goes with the cluster instead of staying in the temp folder
+            scratch = tempfile.TemporaryDirectory(prefix="oneclick-dask-")
+            settings = {"distributed.scheduler.allowed-failures": ALLOWED_WORKER_DEATHS,
+                        "temporary-directory": scratch.name}  # the scheduler's scratch space too
+            with dask.config.set(settings):
                 cluster = distributed.LocalCluster(
                     n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                    dashboard_address=None, silence_logs=logging.ERROR,
+                    dashboard_address=None, silence_logs=logging.ERROR, local_directory=scratch.name,
                 )
             client = distributed.Client(cluster)
         else:
@@ -91,6 +98,8 @@ def cluster_client(*, workers: int | None = None, scheduler: str | None = None) 
             client.close()
         if cluster is not None:
             cluster.close()
+        if scratch is not None:
+            scratch.cleanup()
 
 
 def _slots_per_host(client: Any) -> dict[str, int]:
@@ -105,7 +114,7 @@ def _slots_per_host(client: Any) -> dict[str, int]:
 
 
 def _register_on_worker(
-    pair: Pair, output: Path, options: BatchOptions, slots: dict[str, int], batch: str
+    pair: Pair, output: Path, options: RegistrationOptions, force: bool, slots: dict[str, int], batch: str
 ) -> PairOutcome:
     """The task: one pair on a worker, with the host's cores shared among the pairs running there."""
     from distributed import get_worker
@@ -118,8 +127,8 @@ def _register_on_worker(
     with _lock:
         _running.setdefault(batch, set()).add(pair.name)
     try:
-        outcome = measured(lambda: register_pair(pair, output, options=options, threads=threads,
-                                                 cancel=lambda: batch in _cancelled))
+        outcome = measured(lambda: register_pair(pair, output, options=replace(options, threads=threads),
+                                                 force=force, cancel=lambda: batch in _cancelled))
     finally:
         with _lock:
             _running[batch].discard(pair.name)
@@ -145,16 +154,18 @@ def _failure_message(error: BaseException) -> str:
     return f"{type(error).__name__}: {one_line(error)}"
 
 
-def run_on_client(client: Any, pairs: Sequence[Pair], output: Path, options: BatchOptions,
+def run_on_client(client: Any, pairs: Sequence[Pair], output: Path, options: RegistrationOptions, force: bool,
                   outcomes: list[PairOutcome], progress: BatchProgress) -> None:
     """Submit one task per pair and fill ``outcomes`` (input order) as they finish."""
     from distributed import as_completed
 
     batch = uuid.uuid4().hex[:12]
     slots = _slots_per_host(client)
+    # progress and cancel are this process's callbacks: on the workers, the batch's stop replaces them
+    options = replace(options, progress=None, cancel=None)
     futures = {}
     for index, pair in enumerate(pairs):
-        future = client.submit(_register_on_worker, pair, output, options, slots, batch,
+        future = client.submit(_register_on_worker, pair, output, options, force, slots, batch,
                                key=f"oneclick-register-{pair.name}-{batch}", pure=False)
         futures[future] = index
     finished = 0
@@ -164,7 +175,7 @@ def run_on_client(client: Any, pairs: Sequence[Pair], output: Path, options: Bat
             try:
                 outcome = future.result()
             except Exception as exc:  # the task itself never raises for a bad pair: this is the cluster's word
-                outcome = PairOutcome(summary_row(pairs[index], ERROR, error=_failure_message(exc)))
+                outcome = PairOutcome(summary_row(pairs[index], status=ERROR, error=_failure_message(exc)))
             outcomes[index] = outcome
             del futures[future]  # only now: a Ctrl-C in between still finds the pair in ``futures``
             finished += 1
@@ -195,6 +206,6 @@ def _stop(client: Any, batch: str, pairs: Sequence[Pair], futures: dict[Any, int
         try:
             outcome = future.result(timeout=max(0.1, deadline - time.monotonic()))
         except Exception:
-            outcome = PairOutcome(summary_row(pairs[index], INTERRUPTED, error="stopped by the user"))
+            outcome = PairOutcome(summary_row(pairs[index], status=INTERRUPTED, error="stopped by the user"))
         outcomes[index] = outcome
     client.cancel(waiting)

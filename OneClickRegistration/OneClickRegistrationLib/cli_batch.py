@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
-from .batch import OK, SUMMARY_FILE, BatchOptions, read_pairs, register_batch
+from .batch import OK, SUMMARY_FILE, read_pairs, register_batch
 from .cli_common import EXIT_OK, EXIT_SOME_FAILED, QuietParser, guarded
-from .cli_register import add_registration_options
+from .cli_register import add_registration_options, options_from_args
 from .output_folder import check_output_folder
 
 DESCRIPTION = """Register many pairs listed in a CSV file; one failed pair does not stop the rest.
@@ -55,10 +56,8 @@ def main(argv: list[str]) -> int:
     def run() -> int:
         check_output_folder(args.output)
         pairs = read_pairs(args.pairs)
-        options = BatchOptions(
-            engine=args.engine, transform=args.transform, recover=not args.no_recover, timeout_s=args.timeout,
-            keep_temp=args.keep_temp, threads=args.threads, force=args.force,
-        )
+        # the batch shows its own progress (a bar over pairs) instead of one line per pair's steps
+        options = replace(options_from_args(args), threads=args.threads, progress=None)
         if args.workers is None and args.scheduler is None:
             where = nullcontext(None)
         else:
@@ -66,7 +65,7 @@ def main(argv: list[str]) -> int:
 
             where = cluster_client(workers=args.workers, scheduler=args.scheduler)
         with where as client:
-            outcomes = register_batch(pairs, args.output, options=options, client=client,
+            outcomes = register_batch(pairs, args.output, options=options, force=args.force, client=client,
                                       show_progress=not args.quiet)
         failed = [str(o.row["name"]) for o in outcomes if o.row["status"] != OK]
         kept = sum(o.skipped for o in outcomes)

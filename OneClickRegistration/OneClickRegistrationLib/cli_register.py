@@ -119,9 +119,9 @@ def _from_file(info: ImageInfo, path: Path) -> ImageInfo:
 
 
 def summary_line(result: RegistrationResult) -> str:
-    """The result's summary in one line of text (scores to 4 significant digits)."""
+    """The result's summary in one line of text."""
     row = result.summary()
-    before, after = ("n/a" if row[key] is None else f"{row[key]:.4g}" for key in ("score_before", "score_after"))
+    before, after = ("n/a" if row[key] is None else f"{row[key]:.4f}" for key in ("score_before", "score_after"))
     return (
         f"{row['moving_modality']} -> {row['fixed_modality']} with {row['engine']} ({row['preset']}): "
         f"{row['metric'].upper()} {before} -> {after}, verdict {row['verdict'].upper()}, {row['elapsed_s']:.1f} s"

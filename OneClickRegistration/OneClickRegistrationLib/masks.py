@@ -108,3 +108,34 @@ def _threshold(sample: np.ndarray, modality: Modality | None) -> float:
 def _largest_component(mask: sitk.Image) -> sitk.Image:
     labels = sitk.RelabelComponent(sitk.ConnectedComponent(mask, False), 0, True)
     return sitk.Cast(sitk.Equal(labels, 1), sitk.sitkUInt8)
+
+
+# A fixed head this much inside the moving domain is "whole": the engines sample the whole fixed image.
+WHOLE_OVERLAP_SHARE = 0.95
+# The moving domain is taken this far inside its border, so samples stay inside while the optimizer moves.
+OVERLAP_MARGIN_MM = 5.0
+
+
+def overlap_mask(fixed_head: sitk.Image, moving: sitk.Image, transform: sitk.Transform, *,
+                 margin_mm: float = OVERLAP_MARGIN_MM) -> sitk.Image | None:
+    """Where the engines should sample a partial field of view: fixed head inside the moving domain.
+
+    The moving domain (less ``margin_mm`` at its border) is mapped onto the fixed grid through
+    ``transform`` (fixed -> moving). Returns None when the fixed head lies (almost) entirely inside it,
+    and also when the intersection is empty (then there is nothing better to offer than the whole image).
+    """
+    size = moving.GetSize()
+    border = [min(round(margin_mm / s), (n - 1) // 2) for n, s in zip(size, moving.GetSpacing())]
+    inner = np.zeros(size[::-1], dtype=np.uint8)
+    inner[border[2]:size[2] - border[2], border[1]:size[1] - border[1], border[0]:size[0] - border[0]] = 1
+    domain = sitk.GetImageFromArray(inner)
+    domain.CopyInformation(moving)
+    on_fixed = sitk.Resample(domain, fixed_head, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    head = sitk.GetArrayViewFromImage(fixed_head) > 0
+    inside = head & (sitk.GetArrayViewFromImage(on_fixed) > 0)
+    head_voxels, inside_voxels = int(head.sum()), int(inside.sum())
+    if inside_voxels == 0 or inside_voxels >= WHOLE_OVERLAP_SHARE * head_voxels:
+        return None
+    mask = sitk.GetImageFromArray(inside.astype(np.uint8))
+    mask.CopyInformation(fixed_head)
+    return mask

@@ -55,13 +55,17 @@ multiplied by 0.7 (only sources with confidence >= 0.4 count as disagreeing).
    Hounsfield range (99.5th percentile <= 4000) and >= 20 % of them soft tissue (-150..150)
    -> CT, confidence 0.6, +0.15 for air near -1000 (or values at/below -1000), +0.15 for bone
    (>= 1 % of them >= 300), +0.05 for a soft-tissue median. No air but soft tissue, >= 5 %
-   negative voxels, bone and a soft-tissue median -> CT, 0.5. Otherwise MR of unknown contrast:
-   0.45 when (almost, < 5 %) non-negative, 0.25 when the values fit neither.
-   T1, T2 and FLAIR are not told apart from intensities: grey levels depend on the scanner, the
-   bias field, the field of view and any rescaling, and a confidently wrong contrast would select
-   a same-modality preset (correlation metric) for what is a cross-modality pair, whereas a
-   generic MR safely gets the cross-modality one. A CT stored without its rescale (air near 0)
-   looks like an MR here; its metadata or name still say CT, and the mismatch is reported.
+   negative voxels, bone and a soft-tissue median -> CT, 0.5. Otherwise an MR (when almost,
+   < 5 %, non-negative), whose contrast the brain's tissue classes tell
+   (:mod:`.modality_intensity`): the three intensity classes inside the head, the white matter
+   found by its depth and compactness, and its place in the intensity order -> T1 (brightest),
+   T2 (darkest) or FLAIR (middle), confidence 0.6-0.95, the classes and their medians as evidence.
+   A weak leaning (< 0.6), or classes that do not look like a brain (non-brain MR, one tissue),
+   give a generic MR at 0.45 -- the safe cross-modality preset; 0.25 when the values fit neither
+   CT nor a non-negative MR. When metadata or the name say only "MR" (nothing about the
+   contrast), the tissue classes add it (source ``intensity``). A CT stored without its rescale
+   (air near 0) looks like an MR here; its metadata or name still say CT, and the mismatch is
+   reported.
 
 5. Default (source ``default``): no evidence at all -> MR, confidence 0.1.
 """
@@ -80,6 +84,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .modality_intensity import read_contrast
 
 
 class Modality(str, Enum):
@@ -446,7 +451,7 @@ def _from_metadata(metadata: Mapping[str, object], notes: list[str]) -> _Finding
     if is_mr:
         reasons = [f.detail for f in (words, physics) if f is not None]
         why = "; ".join(reasons) if reasons else "no description, protocol or TR/TE tells the contrast"
-        return _Finding(Modality.MR, 0.7, f"{said}; {why}", "metadata")
+        return _Finding(Modality.MR, 0.7, f"{said}; {why}", "metadata", plain=not reasons)
     return words  # descriptions without a Modality tag that name only MR words (or nothing)
 
 
@@ -496,9 +501,13 @@ def _from_intensity(image: sitk.Image) -> _Finding | None:
         return _Finding(Modality.CT, 0.5, "Hounsfield-like soft tissue, negative values and bone "
                         f"but no air: {stats}", "intensity")
     if negative < 0.05:
-        return _Finding(Modality.MR, 0.45,
-                        f"(almost) non-negative intensities without Hounsfield air ({stats}): an MR; "
-                        "its contrast (T1/T2/FLAIR) is not guessed from intensities", "intensity")
+        said = f"(almost) non-negative intensities without Hounsfield air ({stats}): an MR"
+        reading = read_contrast(image)
+        if reading is not None and reading.modality != Modality.MR.value:
+            return _Finding(parse_modality(reading.modality), reading.confidence,
+                            f"{said}, {reading.detail}", "intensity")
+        why = reading.detail if reading is not None else "too few voxels for three tissue classes"
+        return _Finding(Modality.MR, 0.45, f"{said}; contrast not recognised: {why}", "intensity", plain=True)
     return _Finding(Modality.MR, 0.25, f"intensities fit neither CT's Hounsfield scale nor a typical "
                     f"non-negative MR ({100 * negative:.0f}% negative; {stats})", "intensity")
 
@@ -559,6 +568,13 @@ def detect_modality(image: sitk.Image | None = None, *, name: str | os.PathLike[
         return ModalityEvidence(chosen, "user", 1.0, detail)
 
     measured = _from_intensity(image) if image is not None else None
+    if measured is not None and measured.modality in CONTRASTS \
+            and all(f is None or (f.plain and f.modality is Modality.MR) for f in (meta, named)) \
+            and (meta is not None or named is not None):
+        # Tags and name say only "MR": the tissue classes add the contrast.
+        said = "; ".join(f.detail for f in (meta, named) if f is not None)
+        meta, named = None, None
+        measured = _Finding(measured.modality, measured.confidence, f"{said}; {measured.detail}", "intensity")
     if meta is not None and (meta.modality is not Modality.MR or named is None
                              or named.modality not in CONTRASTS):
         primary, rest = meta, [named, measured]

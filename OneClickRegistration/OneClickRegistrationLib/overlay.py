@@ -70,7 +70,7 @@ class Caption:
 
     def lines(self) -> tuple[str, str]:
         def fmt(value: float | None) -> str:
-            return "n/a" if value is None else f"{value:.4g}"
+            return "n/a" if value is None else f"{value:.4f}"
 
         first = f"{self.moving_modality or 'moving'} onto {self.fixed_modality or 'fixed'}"
         if self.engine == "none":  # judge_transform: a transform made elsewhere
@@ -279,7 +279,7 @@ def render_png(mosaic: QcMosaic, caption: Caption) -> bytes:
     alpha = layer[inked, 3:4].astype(np.float32) / 255.0
     sheet[inked] = np.round(layer[inked, :3] * alpha + sheet[inked] * (1.0 - alpha)).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(sheet, "RGB").save(buffer, format="PNG", compress_level=1)
+    Image.fromarray(sheet).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

@@ -284,7 +284,11 @@ def judge_transform(
 
 
 def _best(attempts: list[Attempt]) -> int:
-    """Index of the best-scoring attempt; the earliest wins a tie, so the first run is kept unless beaten."""
+    """Index of the first attempt judged good (recovery stops there), else of the best-scoring one; the
+    earliest wins a tie, so the first run is kept unless beaten."""
+    for index, attempt in enumerate(attempts):
+        if index and attempt.verdict is not None and attempt.verdict.label == "good":
+            return index
     best = 0
     for index, attempt in enumerate(attempts):
         value, leader = attempt.value, attempts[best].value

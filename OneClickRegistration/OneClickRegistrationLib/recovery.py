@@ -2,20 +2,20 @@
 
 Candidates, in order:
 
-1. a coarse rotation search like FLIRT's: many rotations of the head about its centre are scored
-   on a coarse copy of the fixed image, and the best few become starting points;
-2. the other initialization (geometry centre instead of moments, or the reverse);
+1. the other distinct starts of the coarse global search (:mod:`.initial_search`, the same search
+   that gave the first attempt its start), best first;
+2. the centred start without the search, and the other centring (geometry centre instead of
+   moments, or the reverse);
 3. the next installed engine of the preset.
 
 Every candidate is scored on the same prepared pair with the same metric and fixed head mask as
-the first result, so the comparison is valid, and the best-scoring one is kept. A time budget caps
-the total; candidates run in parallel when the machine has cores to spare.
+the first result, so the comparison is valid. Recovery stops at the first candidate judged ``good``;
+otherwise the best-scoring one is kept. A time budget caps the total; candidates run in parallel when
+the machine has cores to spare.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
 import os
 import threading
 import time
@@ -26,19 +26,15 @@ from dataclasses import dataclass, replace
 
 import SimpleITK as sitk
 
-from .attempts import Attempt, run_attempt
+from .attempts import Attempt, judged, run_attempt, score_on
 from .engines import get_engine
 from .engines.base import ProgressCallback
 from .errors import CancelledError, OneClickError, first_line, raise_if_cancelled
-from .metrics import score
+from .initial_search import search_start
 from .options import RegistrationOptions
 from .preparation import PreparedPair, initial_alignment
 from .presets import Preset
-from .verdict import coarse_fixed
 
-COARSE_SEARCH_SPACING_MM = 6.0
-SEARCH_ANGLES_DEG = (-90.0, -60.0, -30.0, 0.0, 30.0, 60.0, 90.0)
-STARTS_FROM_SEARCH = 3
 # Default budget: BUDGET_FACTOR times the first attempt, within [MIN_BUDGET_S, MAX_BUDGET_S]; a
 # clinician waits for one click, not for an open-ended search.
 MIN_BUDGET_S = 60.0
@@ -53,37 +49,18 @@ class Candidate:
     initial: sitk.Transform
 
 
-def _rotated(base: sitk.Euler3DTransform, angles_deg: tuple[float, float, float]) -> sitk.Euler3DTransform:
-    start = sitk.Euler3DTransform(base)
-    start.SetRotation(*(math.radians(a) for a in angles_deg))
-    return start
-
-
-def rotation_search(
-    pair: PreparedPair, base: sitk.Euler3DTransform, metric: str, *, keep: int = STARTS_FROM_SEARCH
-) -> list[tuple[tuple[float, float, float], float]]:
-    """Score every rotation of ``SEARCH_ANGLES_DEG`` about each axis on a coarse grid; best ``keep`` first."""
-    fixed, head = coarse_fixed(pair, COARSE_SEARCH_SPACING_MM)
-    moving = sitk.SmoothingRecursiveGaussian(pair.moving, COARSE_SEARCH_SPACING_MM / 2)
-    scored = []
-    for angles in itertools.product(SEARCH_ANGLES_DEG, repeat=3):
-        result = score(fixed, moving, transform=_rotated(base, angles), metric=metric, fixed_mask=head)
-        if result.ok and result.value is not None:
-            scored.append((angles, result.value))
-    scored.sort(key=lambda item: item[1], reverse=True)
-    return scored[:keep]
-
-
 def _candidates(pair: PreparedPair, preset: Preset, first: Attempt, forced_engine: str | None) -> list[Candidate]:
     base = first.initial
-    assert isinstance(base, sitk.Euler3DTransform), "the pipeline starts from an Euler3DTransform"
+    assert base is not None, "the pipeline's first attempt has a start"
+    centred = initial_alignment(pair, preset.initialization, search=False)
     candidates = []
-    for angles, _ in rotation_search(pair, base, preset.score_metric):
-        if angles != (0.0, 0.0, 0.0):
-            label = "rotation search start " + "/".join(f"{a:+.0f}" for a in angles) + " deg"
-            candidates.append(Candidate(first.engine, label, _rotated(base, angles)))
+    found = search_start(pair.fixed, pair.fixed_head, pair.moving, pair.moving_head, centred, metric=pair.metric)
+    if found is not None:
+        for index, (start, value) in enumerate(found.alternatives, start=2):
+            candidates.append(Candidate(first.engine, f"search start {index} (coarse score {value:.4f})", start))
+    candidates.append(Candidate(first.engine, f"{preset.initialization} initialization without search", centred))
     other = "geometry" if preset.initialization == "moments" else "moments"
-    candidates.append(Candidate(first.engine, f"{other} initialization", initial_alignment(pair, other)))
+    candidates.append(Candidate(first.engine, f"{other} initialization", initial_alignment(pair, other, search=False)))
     if forced_engine is None:
         for name in preset.engines:
             if name != first.engine and get_engine(name).availability().available:
@@ -110,7 +87,7 @@ def recover(
     started = time.perf_counter()
     default_budget = min(MAX_BUDGET_S, max(MIN_BUDGET_S, BUDGET_FACTOR * first.elapsed_s))
     budget = options.time_budget_s if options.time_budget_s is not None else default_budget
-    progress(0.0, "Searching rotations on a coarse grid")
+    progress(0.0, "Searching starting points on a coarse grid")
     candidates = _candidates(pair, preset, first, options.engine)
     # A thread budget (a batch running several pairs per machine) bounds the candidates run at once too.
     cores = options.threads or os.cpu_count() or 1
@@ -137,11 +114,17 @@ def recover(
                            elapsed_s=time.perf_counter() - began)
 
     attempts: list[Attempt] = []
+    score_before = score_on(pair, None, preset.score_metric)
     with _mapper(workers) as run_all:
         try:
             for index, done in enumerate(run_all(attempt, candidates)):
                 progress((index + 1) / len(candidates), f"Candidate {index + 1}/{len(candidates)}: {done.start}")
+                if done.transform is not None and done.score is not None and done.score.ok:
+                    done = judged(done, pair, score_before=score_before)
                 attempts.append(done)
+                if done.verdict is not None and done.verdict.label == "good":
+                    stop.set()  # a good result ends the search: the clinician is waiting
+                    break
         except BaseException:
             stop.set()  # before the pool waits for its running candidates
             raise

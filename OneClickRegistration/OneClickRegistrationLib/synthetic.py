@@ -287,6 +287,25 @@ def render(
     """
     mod = parse_modality(modality)
     contrast = _cached_contrast(float(resolution_mm), source, mod)
+    return _image_on_grid(contrast, mod, grid, image_to_reference=image_to_reference,
+                          resolution_mm=resolution_mm, air=CONTRAST[mod]["air"], noise=noise, bias=bias,
+                          seed=seed)
+
+
+def _image_on_grid(
+    contrast: sitk.Image,
+    mod: Modality,
+    grid: Grid,
+    *,
+    image_to_reference: sitk.Transform | None,
+    resolution_mm: float,
+    air: float,
+    noise: float,
+    bias: float,
+    seed: int,
+) -> sitk.Image:
+    """Sample a noise-free contrast image on ``grid`` as a scanner would: thick-slice averaging,
+    then CT noise and Hounsfield int16, or MR bias field, Rician noise and int16."""
     rng = np.random.default_rng(seed)
     # Supersample each axis whose spacing is coarser than the head model, then average blocks.
     factors = [max(1, min(5, round(s / resolution_mm))) for s in grid.spacing]
@@ -300,7 +319,6 @@ def render(
         origin=tuple(fine_origin),
         direction=grid.direction,
     )  # type: ignore[arg-type]
-    air = CONTRAST[mod]["air"]
     transform = image_to_reference if image_to_reference is not None else sitk.Transform()
     sampled = sitk.Resample(contrast, fine.image(), transform, sitk.sitkLinear, air, sitk.sitkFloat32)
     array = sitk.GetArrayFromImage(sampled)
@@ -426,6 +444,163 @@ def target_registration_error(
             for p in np.asarray(points, dtype=float)
         ]
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Variety for modality recognition: other tissue intensities, lesions, skull-stripped heads and
+# MR images of objects that are not heads.
+
+ObjectKind = Literal["bottle", "torso", "blobs", "knee"]
+OBJECT_KINDS: tuple[str, ...] = ("bottle", "torso", "blobs", "knee")
+
+
+def varied_contrast(modality: str | Modality, *, seed: int) -> dict[str, float]:
+    """Tissue intensities of ``modality`` drawn from ranges seen across scanners and sequences.
+
+    The ranges are relative to a reference tissue of each contrast (T1: white matter, T2: CSF,
+    FLAIR: grey matter) and keep each contrast's textbook order of the brain tissues; scalp and
+    skull vary widely (fat suppression, bone marrow). CT varies within Hounsfield ranges.
+    """
+    mod = parse_modality(modality)
+    rng = np.random.default_rng(seed)
+    u = rng.uniform
+    if mod is Modality.CT:
+        gm = u(34.0, 46.0)
+        return {"gm": gm, "wm": gm - u(5.0, 12.0), "csf": u(0.0, 15.0), "skull": u(700.0, 1600.0),
+                "scalp": u(-90.0, 40.0), "air": -1000.0}
+    skull, air = u(0.02, 0.12), 0.0
+    if mod is Modality.T2:
+        csf = u(0.7, 1.0)
+        gm = csf * u(0.4, 0.7)
+        return {"gm": gm, "wm": gm * u(0.6, 0.85), "csf": csf, "skull": skull,
+                "scalp": u(0.25, 0.7), "air": air}
+    if mod is Modality.FLAIR:
+        gm = u(0.5, 0.9)
+        return {"gm": gm, "wm": gm * u(0.65, 0.88), "csf": gm * u(0.05, 0.3), "skull": skull,
+                "scalp": u(0.3, 0.9), "air": air}
+    wm = u(0.6, 0.9)  # T1 (and a generic MR drawn as T1)
+    return {"gm": wm * u(0.55, 0.82), "wm": wm, "csf": wm * u(0.08, 0.35), "skull": skull,
+            "scalp": u(0.4, 1.0), "air": air}
+
+
+def _lesion_value(mod: Modality, table: dict[str, float], rng: np.random.Generator) -> float:
+    # White-matter lesions: dark on T1 (between CSF and grey matter), bright on T2, FLAIR and CT-dark.
+    if mod is Modality.CT:
+        return table["wm"] - rng.uniform(5.0, 15.0)
+    if mod in (Modality.T1, Modality.MR):
+        return table["csf"] + rng.uniform(0.2, 0.8) * (table["gm"] - table["csf"])
+    if mod is Modality.T2:
+        return table["gm"] + rng.uniform(0.3, 0.9) * (table["csf"] - table["gm"])
+    return table["gm"] * rng.uniform(1.1, 1.5)
+
+
+def render_head(
+    modality: str | Modality,
+    grid: Grid,
+    *,
+    tissue_values: dict[str, float] | None = None,
+    skull_stripped: bool = False,
+    lesions: int = 0,
+    image_to_reference: sitk.Transform | None = None,
+    resolution_mm: float = 1.0,
+    source: Source = "auto",
+    noise: float = 0.02,
+    bias: float = 0.15,
+    seed: int = 0,
+) -> sitk.Image:
+    """Like :func:`render`, with other tissue intensities (``tissue_values``, e.g. from
+    :func:`varied_contrast`), the skull and scalp removed (``skull_stripped``) and ``lesions``
+    white-matter lesions of 3-8 mm radius at random places."""
+    mod = parse_modality(modality)
+    table = dict(CONTRAST[mod] if tissue_values is None else tissue_values)
+    subject = make_subject(resolution_mm=float(resolution_mm), source=source)
+    arrays = {name: sitk.GetArrayFromImage(img) for name, img in subject.tissues.items()}
+    if skull_stripped:
+        arrays["skull"][:] = 0.0
+        arrays["scalp"][:] = 0.0
+    occupied = np.zeros_like(arrays["gm"])
+    value = np.zeros_like(arrays["gm"])
+    for name in TISSUES:
+        value += table[name] * arrays[name]
+        occupied += arrays[name]
+    value += table["air"] * np.clip(1.0 - occupied, 0.0, 1.0)
+    rng = np.random.default_rng(seed + 7919)
+    white = np.argwhere(arrays["wm"] > 0.9)
+    spacing = subject.tissues["gm"].GetSpacing()[::-1]
+    for _ in range(lesions if len(white) else 0):
+        center = white[rng.integers(len(white))]
+        radius = rng.uniform(3.0, 8.0)
+        lo = [max(0, int(c - radius / s) - 1) for c, s in zip(center, spacing)]
+        hi = [min(n, int(c + radius / s) + 2) for c, s, n in zip(center, spacing, value.shape)]
+        zz, yy, xx = np.ogrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        inside = (((zz - center[0]) * spacing[0]) ** 2 + ((yy - center[1]) * spacing[1]) ** 2
+                  + ((xx - center[2]) * spacing[2]) ** 2) <= radius**2
+        block = value[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        block[inside] = _lesion_value(mod, table, rng)
+    contrast = sitk.GetImageFromArray(value.astype(np.float32))
+    contrast.CopyInformation(subject.tissues["gm"])
+    return _image_on_grid(contrast, mod, grid, image_to_reference=image_to_reference,
+                          resolution_mm=resolution_mm, air=table["air"], noise=noise, bias=bias,
+                          seed=seed)
+
+
+def render_object(
+    kind: ObjectKind,
+    grid: Grid,
+    *,
+    noise: float = 0.02,
+    bias: float = 0.15,
+    seed: int = 0,
+) -> sitk.Image:
+    """An MR image of something that is not a head, centred in ``grid``.
+
+    ``bottle``: a uniform water phantom with a few rods of other intensities; ``torso``: an
+    elliptic body section with a bright fat rim, muscle and organs; ``blobs``: random overlapping
+    ellipsoids of random intensities; ``knee``: bright marrow bones in darker muscle and fat.
+    """
+    if kind not in OBJECT_KINDS:
+        raise ValueError(f"kind must be one of {OBJECT_KINDS}; received {kind!r}")
+    rng = np.random.default_rng(seed)
+    size = grid.size[::-1]
+    spacing = np.asarray(grid.spacing[::-1])
+    zz, yy, xx = (((np.arange(n) - (n - 1) / 2.0) * s).reshape([-1 if i == a else 1 for i in range(3)])
+                  for a, (n, s) in enumerate(zip(size, spacing)))
+    value = np.zeros(size, np.float32)
+
+    def ellipsoid(c: tuple[float, float, float], r: tuple[float, float, float]) -> np.ndarray:
+        return (((zz - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + ((xx - c[2]) / r[2]) ** 2) <= 1.0
+
+    def cylinder(cy: float, cx: float, ry: float, rx: float, half_z: float) -> np.ndarray:
+        return ((((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) <= 1.0) & (np.abs(zz) <= half_z)
+
+    if kind == "bottle":
+        value[cylinder(0, 0, 80, 80, 90)] = rng.uniform(0.4, 0.9)
+        for _ in range(4):
+            angle = rng.uniform(0, 2 * np.pi)
+            value[cylinder(45 * np.sin(angle), 45 * np.cos(angle), 10, 10, 80)] = rng.uniform(0.05, 1.0)
+    elif kind == "torso":
+        fat, muscle = rng.uniform(0.7, 1.0), rng.uniform(0.2, 0.4)
+        value[cylinder(0, 0, 110, 160, 200)] = fat
+        value[cylinder(0, 0, 95, 145, 200)] = muscle
+        for _ in range(5):
+            c = (rng.uniform(-60, 60), rng.uniform(-50, 50), rng.uniform(-90, 90))
+            value[ellipsoid(c, tuple(rng.uniform(20, 50, 3)))] = rng.uniform(0.3, 0.8)
+    elif kind == "knee":
+        value[cylinder(0, 0, 60, 60, 120)] = rng.uniform(0.6, 0.9)  # subcutaneous fat
+        value[cylinder(0, 0, 52, 52, 120)] = rng.uniform(0.2, 0.35)  # muscle
+        for cx in (-20.0, 22.0):
+            value[cylinder(0, cx, 18, 18, 100)] = rng.uniform(0.05, 0.1)  # cortical bone
+            value[cylinder(0, cx, 14, 14, 100)] = rng.uniform(0.7, 1.0)  # fatty marrow
+    else:
+        for _ in range(12):
+            c = tuple(rng.uniform(-60, 60, 3))
+            value[ellipsoid(c, tuple(rng.uniform(15, 60, 3)))] = rng.uniform(0.05, 1.0)
+    contrast = sitk.GetImageFromArray(value)
+    contrast.SetSpacing(grid.spacing)
+    contrast.SetOrigin(grid.origin)
+    contrast.SetDirection(grid.direction)
+    return _image_on_grid(contrast, Modality.MR, grid, image_to_reference=None,
+                          resolution_mm=min(grid.spacing), air=0.0, noise=noise, bias=bias, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------------

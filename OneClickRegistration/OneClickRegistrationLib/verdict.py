@@ -51,6 +51,12 @@ class VerdictThresholds:
     # not a local optimum.
     optimum_tolerance: float = 5e-4
     coarse_spacing_mm: float = 3.0  # grid on which the perturbations are scored
+    # One foreground smaller than this share of the other (inside the domain intersection): one image
+    # shows the brain only (skull-stripped) and the other the whole head. Dice then cannot reach its
+    # usual values; the brain must instead lie inside the head.
+    brain_only_ratio: float = 0.8
+    containment_failed: float = 0.85
+    containment_questionable: float = 0.97
 
 
 THRESHOLDS = VerdictThresholds()
@@ -160,6 +166,24 @@ def head_radius_mm(pair: PreparedPair) -> float:
 
 def head_dice(pair: PreparedPair, transform: sitk.Transform) -> tuple[float | None, float]:
     """Head-mask Dice inside the domain intersection, and the fixed-head share in the moving domain."""
+    agreement = head_agreement(pair, transform)
+    return agreement.dice, agreement.overlap
+
+
+@dataclass(frozen=True)
+class HeadAgreement:
+    """How the two foreground masks agree inside the domain intersection."""
+
+    dice: float | None
+    overlap: float  # share of the fixed head inside the moving domain
+    # Share of the smaller foreground inside the larger one, when one image shows much less than the
+    # other (a skull-stripped brain against a whole head); None when both show the same extent.
+    containment: float | None
+
+
+def head_agreement(pair: PreparedPair, transform: sitk.Transform,
+                   thresholds: VerdictThresholds = THRESHOLDS) -> HeadAgreement:
+    """Dice of the two head masks inside the domain intersection, and containment for brain-only images."""
     fixed_head = sitk.GetArrayViewFromImage(pair.fixed_head) > 0
     moved = sitk.Resample(
         pair.moving_head, pair.fixed_head, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
@@ -175,11 +199,38 @@ def head_dice(pair: PreparedPair, transform: sitk.Transform) -> tuple[float | No
     moving_head = sitk.GetArrayViewFromImage(moved) > 0
     head_total = int(fixed_head.sum())
     inside = fixed_head & domain
+    moving_inside = moving_head & domain
     overlap = float(inside.sum()) / head_total if head_total else 0.0
-    denominator = int(inside.sum()) + int((moving_head & domain).sum())
+    fixed_count, moving_count = int(inside.sum()), int(moving_inside.sum())
+    denominator = fixed_count + moving_count
     if denominator == 0:
-        return None, overlap
-    return 2.0 * float((inside & moving_head).sum()) / denominator, overlap
+        return HeadAgreement(None, overlap, None)
+    common = float((inside & moving_inside).sum())
+    dice = 2.0 * common / denominator
+    containment = None
+    smaller = min(fixed_count, moving_count)
+    if smaller < thresholds.brain_only_ratio * max(fixed_count, moving_count):
+        containment = common / smaller if smaller else 0.0
+    return HeadAgreement(dice, overlap, containment)
+
+
+def comparable_gain(pair: PreparedPair, transform: sitk.Transform, metric: str) -> tuple[float, float] | None:
+    """Scores of the header alignment and of ``transform``, both computed with interpolation.
+
+    The fixed image is block-averaged by 2 along each axis: its voxel centres then fall between the
+    voxels of any image on the same grid, so the start and the result are both interpolated. (A
+    trilinear sample at the centre of a 2x2x2 block is that block's mean, so an image against itself
+    still scores as a perfect match.) Scoring the start on the original grid, without interpolation,
+    made an image registered to itself look worse than where it started.
+    """
+    factors = [2 if n >= 8 else 1 for n in pair.fixed.GetSize()]
+    fixed = sitk.BinShrink(pair.fixed, factors)
+    head = sitk.BinaryThreshold(sitk.BinShrink(sitk.Cast(pair.fixed_head, sitk.sitkFloat32), factors), 0.5, 2.0, 1, 0)
+    before = score(fixed, pair.moving, transform=sitk.Euler3DTransform(), metric=metric, fixed_mask=head)
+    after = score(fixed, pair.moving, transform=transform, metric=metric, fixed_mask=head)
+    if not (before.ok and after.ok and before.value is not None and after.value is not None):
+        return None
+    return before.value, after.value
 
 
 def judge(
@@ -194,7 +245,8 @@ def judge(
     """Combine the evidence into a verdict with reasons in plain words."""
     failed: list[str] = []
     doubtful: list[str] = []
-    dice, overlap = head_dice(pair, transform)
+    agreement = head_agreement(pair, transform, thresholds)
+    dice, overlap = agreement.dice, agreement.overlap
     evidence: dict[str, float | None] = {
         "head_dice": dice,
         "head_overlap": overlap,
@@ -217,7 +269,21 @@ def judge(
     dice_failed = min(thresholds.dice_failed, ceiling - thresholds.dice_failed_margin)
     dice_questionable = min(thresholds.dice_questionable, ceiling - thresholds.dice_questionable_margin)
     evidence["head_dice_ceiling"] = ceiling
-    if dice is None or dice < dice_failed:
+    if agreement.containment is not None:
+        # One image shows the brain only: it must lie inside the other's head.
+        contained = agreement.containment
+        evidence["brain_in_head"] = contained
+        if contained < thresholds.containment_failed:
+            failed.append(
+                f"One image shows only the brain, and only {contained:.0%} of it lies inside the other's "
+                f"head (at least {thresholds.containment_failed:.0%} expected)."
+            )
+        elif contained < thresholds.containment_questionable:
+            doubtful.append(
+                f"One image shows only the brain, and {contained:.0%} of it lies inside the other's head "
+                f"({thresholds.containment_questionable:.0%} or more when aligned)."
+            )
+    elif dice is None or dice < dice_failed:
         shown = "no" if dice is None else f"{dice:.2f}"
         failed.append(
             f"The two heads do not line up: head-mask Dice {shown} "
@@ -228,18 +294,15 @@ def judge(
             f"The head outlines agree only partly: Dice {dice:.2f} "
             f"({dice_questionable:.2f} or more when aligned)."
         )
-    if (
-        score_after.ok
-        and score_before.ok
-        and score_after.value is not None
-        and score_before.value is not None
-    ):
-        gain = score_after.value - score_before.value
+    comparable = comparable_gain(pair, transform, metric) if score_after.ok else None
+    if comparable is not None:
+        before, after = comparable
+        gain = after - before
         evidence["score_gain"] = gain
-        if gain < -1e-3 * max(abs(score_before.value), 1e-6):
+        if gain < -1e-3 * max(abs(before), 1e-6):
             doubtful.append(
-                f"The similarity got worse than the starting alignment ({score_before.value:.4f} -> "
-                f"{score_after.value:.4f})."
+                f"The similarity got worse than the starting alignment ({before:.4f} -> {after:.4f}, "
+                "both scored with interpolation on a 2x coarser fixed grid)."
             )
     if score_after.ok and not failed:
         gain_nearby = local_optimum_gain(pair, transform, metric, thresholds)

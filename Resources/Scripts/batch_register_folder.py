@@ -27,8 +27,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from OneClickRegistrationLib.batch import OK, SUMMARY_FILE, BatchOptions, Pair, read_pairs, register_batch
+from OneClickRegistrationLib.batch import OK, SUMMARY_FILE, Pair, read_pairs, register_batch
 from OneClickRegistrationLib.errors import OneClickError
+from OneClickRegistrationLib.options import RegistrationOptions
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".hdr")
 
@@ -89,9 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     modalities = {"fixed_modality": args.fixed_modality, "moving_modality": args.moving_modality}
     pairs = [replace(p, **{k: v for k, v in modalities.items() if v}) for p in pairs]
     configure_slicer_engines()
-    options = BatchOptions(engine=args.engine, transform=args.transform, force=args.force)
+    options = RegistrationOptions(engine=args.engine, transform=args.transform)
     try:
-        outcomes = register_batch(pairs, args.output, options=options)
+        outcomes = register_batch(pairs, args.output, options=options, force=args.force)
     except KeyboardInterrupt:
         print(f"batch_register_folder: interrupted; summary in {args.output / SUMMARY_FILE}", file=sys.stderr)
         return 130

@@ -28,8 +28,10 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import make_case_pair, mean_tre, print_table, random_cases, write_json
 
-from OneClickRegistrationLib.batch import BatchOptions, Pair, register_batch, usable_cores
+from OneClickRegistrationLib.batch import Pair, register_batch
 from OneClickRegistrationLib.batch_cluster import cluster_client
+from OneClickRegistrationLib.batch_pairs import usable_cores
+from OneClickRegistrationLib.options import RegistrationOptions
 
 PAIRS = [("T1", "T1"), ("T1", "T2"), ("T1", "FLAIR"), ("T1", "CT"), ("CT", "T1"), ("T2", "FLAIR")]
 
@@ -43,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cases = random_cases(PAIRS, per_pair=(args.pairs + len(PAIRS) - 1) // len(PAIRS), seed=1616)[: args.pairs]
-    options = BatchOptions(recover=not args.no_recover)
+    options = RegistrationOptions(recover=not args.no_recover)
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as work:
         root = Path(work)
         pairs, truths = [], {}

@@ -24,8 +24,9 @@ import SimpleITK as sitk
 from robustness_support import alive, leftovers, stand_in_pids, tre_mm, write_stand_in
 
 from OneClickRegistrationLib import synthetic
-from OneClickRegistrationLib.batch import BatchOptions, Pair, read_pairs, register_batch
+from OneClickRegistrationLib.batch import Pair, read_pairs, register_batch
 from OneClickRegistrationLib.cli import main as cli_main
+from OneClickRegistrationLib.options import RegistrationOptions
 
 distributed = pytest.importorskip("distributed")
 dask = pytest.importorskip("dask")
@@ -36,7 +37,7 @@ from OneClickRegistrationLib.batch_cluster import cluster_client  # noqa: E402 (
 pytestmark = [pytest.mark.cluster, pytest.mark.engine,
               pytest.mark.skipif(sys.platform == "win32", reason="kills processes with POSIX signals")]
 
-OPTIONS = BatchOptions(engine="elastix", recover=False)
+OPTIONS = RegistrationOptions(engine="elastix", recover=False)
 CORE = str(Path(__file__).resolve().parents[2] / "OneClickRegistration")
 HERE = str(Path(__file__).resolve().parent)
 
@@ -187,8 +188,7 @@ def test_a_resumed_batch_registers_only_what_is_missing(client, tmp_path) -> Non
     # Other input files are another pair: registered again, not kept.
     moved = [Pair(name="case0", fixed=pairs[0].fixed, moving=pairs[1].moving, base=pairs[0].base)]
     assert not register_batch(moved, out, options=OPTIONS, client=client, show_progress=False)[0].skipped
-    forced = register_batch(pairs[2:], out, options=BatchOptions(engine="elastix", recover=False, force=True),
-                            client=client, show_progress=False)
+    forced = register_batch(pairs[2:], out, options=OPTIONS, force=True, client=client, show_progress=False)
     assert not forced[0].skipped
 
 
@@ -238,7 +238,7 @@ def scheduler_and_worker(tmp_path) -> Iterator[str]:
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([CORE, HERE, os.environ.get("PYTHONPATH", "")]),
-           "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"}
+           "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1", "DASK_TEMPORARY_DIRECTORY": str(tmp_path / "scratch")}
     logs = tmp_path / "dask-logs"
     logs.mkdir()
     started = []

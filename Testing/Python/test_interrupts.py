@@ -16,9 +16,10 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import SimpleITK as sitk
@@ -63,10 +64,13 @@ def large_pair(tmp_path_factory: pytest.TempPathFactory) -> Pair:
 
 @pytest.fixture(scope="module")
 def hard_pair(tmp_path_factory: pytest.TempPathFactory) -> Pair:
-    """Turned by 150 degrees: the first result is not good, so recovery runs."""
+    """No result can be good (the moving image's voxels are shuffled), so recovery runs."""
     pair = synthetic.make_pair("T1", "CT", rotation_deg=(0.0, 0.0, 150.0), translation_mm=(6.0, -8.0, 5.0),
                                coarsen=3.0, seed=3)
-    return _write_pair(tmp_path_factory.mktemp("hard"), pair, ".nrrd")
+    values = sitk.GetArrayFromImage(pair.moving)
+    shuffled = sitk.GetImageFromArray(np.random.default_rng(3).permutation(values.ravel()).reshape(values.shape))
+    shuffled.CopyInformation(pair.moving)
+    return _write_pair(tmp_path_factory.mktemp("hard"), replace(pair, moving=shuffled), ".nrrd")
 
 
 @dataclass(frozen=True)
@@ -165,7 +169,8 @@ def _skip_unless_available(engine: str) -> None:
 
 
 ENGINE_MARKERS = {
-    "simpleitk": r"% SimpleITK level 1/\d+, iteration [1-9]",
+    # Any level: from the initial search's start the coarse level may have nothing left to do.
+    "simpleitk": r"% SimpleITK level \d/\d+, iteration [1-9]",
     "elastix": r"% elastix: level",
     "ants": r"% ANTs \w+ stage",
     "brainsfit": r"% BRAINSFit: \w+ phase",

@@ -156,3 +156,29 @@ def test_wrong_inputs_raise_input_error(image, words):
 def test_unknown_modality_is_an_input_error():
     with pytest.raises(InputError, match="Unknown modality"):
         head_mask(sitk.Image([4, 4, 4], sitk.sitkUInt8), modality="PET")
+
+
+def test_overlap_mask_is_the_fixed_head_inside_a_slab_and_none_for_a_whole_head():
+    from OneClickRegistrationLib.masks import OVERLAP_MARGIN_MM, overlap_mask
+
+    subject = synthetic.make_subject(resolution_mm=2.5)
+    center = subject.head_center
+    fixed = synthetic.render("CT", synthetic.typical_grid("CT", center, coarsen=COARSEN), resolution_mm=2.5)
+    fixed_head = head_mask(fixed, modality="CT")
+    whole = synthetic.render("T1", synthetic.typical_grid("T1", center, coarsen=COARSEN), resolution_mm=2.5)
+    assert overlap_mask(fixed_head, whole, sitk.Euler3DTransform()) is None
+    slab_grid = synthetic.Grid.centered(center, (200.0, 240.0, 60.0), (3.0, 3.0, 3.0))
+    slab = synthetic.render("T1", slab_grid, resolution_mm=2.5)
+    mask = overlap_mask(fixed_head, slab, sitk.Euler3DTransform())
+    assert mask is not None and metrics.same_grid(mask, fixed)
+    inside = sitk.GetArrayViewFromImage(mask) > 0
+    head = sitk.GetArrayViewFromImage(fixed_head) > 0
+    assert not np.any(inside & ~head)  # never outside the head
+    z = np.asarray([fixed.TransformIndexToPhysicalPoint((0, 0, int(k)))[2] for k in range(fixed.GetSize()[2])])
+    rows = np.any(inside, axis=(1, 2))
+    # only slices within the slab, less the margin kept for the optimizer's moves
+    assert np.all(np.abs(z[rows] - center[2]) <= 30.0 - OVERLAP_MARGIN_MM + fixed.GetSpacing()[2])
+    assert rows.sum() >= 2
+    # the same slab moved out of the head leaves nothing better to offer than the whole image
+    away = sitk.TranslationTransform(3, (0.0, 0.0, 400.0))
+    assert overlap_mask(fixed_head, slab, away) is None

@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from OneClickRegistrationLib import synthetic
 from OneClickRegistrationLib.errors import InputError
 from OneClickRegistrationLib.modality import (
     Modality,
@@ -21,6 +22,7 @@ from OneClickRegistrationLib.modality import (
     metadata_from_file,
     metadata_from_image,
 )
+from OneClickRegistrationLib.modality_intensity import read_contrast
 
 pydicom = pytest.importorskip("pydicom")
 from pydicom.data import get_testdata_file  # noqa: E402
@@ -382,10 +384,11 @@ def test_ct_inside_the_head_without_air_is_weak_ct():
     lambda: _mr_like(scale=30000.0, dtype=np.uint16),
 ])
 def test_mr_like_intensities_are_generic_mr_with_low_confidence(image):
+    # One uniform tissue inside the head: no three brain classes, so no contrast.
     evidence = detect_modality(image())
     assert (evidence.modality, evidence.source) == (M.MR, "intensity")
     assert evidence.confidence <= 0.5
-    assert "contrast (T1/T2/FLAIR) is not guessed" in evidence.detail
+    assert "contrast not recognised" in evidence.detail
 
 
 def test_z_scored_mr_with_negative_values_is_not_ct():
@@ -396,14 +399,15 @@ def test_z_scored_mr_with_negative_values_is_not_ct():
     assert evidence.confidence <= 0.3
 
 
-def test_real_t1_from_nibabel_is_not_ct():
-    # anatomical.nii: a real SPM-normalized T1 with interpolation undershoot down to -610.
+def test_real_t1_from_nibabel_is_recognised_as_t1():
+    # anatomical.nii: a real SPM-normalized T1 cropped inside the brain (no scalp, no outline),
+    # with interpolation undershoot down to -610.
     image = sitk.ReadImage(str(_nibabel_file("anatomical.nii")))
     assert sitk.GetArrayViewFromImage(image).min() < 0
-    evidence = detect_modality(image, metadata=metadata_from_image(image))
-    assert evidence.modality is M.MR
-    assert evidence.source == "intensity"
-    assert evidence.confidence <= 0.5
+    evidence = detect_modality(image, metadata=metadata_from_image(image), name="anatomical.nii")
+    assert (evidence.modality, evidence.source) == (M.T1, "intensity")
+    assert evidence.confidence >= 0.6
+    assert "white matter > grey matter > CSF" in evidence.detail
 
 
 def test_real_mr_dicom_pixels_are_not_ct():
@@ -527,3 +531,86 @@ def test_evidence_to_dict_is_json_ready():
 def test_evidence_validates_its_fields(source, confidence):
     with pytest.raises(ValueError):
         ModalityEvidence(M.T1, source, confidence, "x")
+
+
+# ------------------------------------------------------------ contrast from the tissue classes
+# Seeds here are not the benchmark's tuning seeds (bench_modality.py tunes on 0..).
+
+def _synthetic_head(modality, *, seed, coarsen=2.0, **options):
+    subject = synthetic.make_subject(resolution_mm=2.0)
+    grid = synthetic.typical_grid(modality, subject.head_center, coarsen=coarsen)
+    return synthetic.render_head(modality, grid, resolution_mm=2.0, seed=seed, **options)
+
+
+@pytest.mark.parametrize("modality", ["T1", "T2", "FLAIR"])
+@pytest.mark.parametrize(("options", "seed"), [
+    ({}, 9001),
+    ({"noise": 0.05, "bias": 0.3}, 9002),
+    ({"skull_stripped": True}, 9003),
+    ({"lesions": 6}, 9004),
+])
+def test_contrast_is_recognised_from_the_tissue_classes(modality, options, seed):
+    values = synthetic.varied_contrast(modality, seed=seed)
+    image = _synthetic_head(modality, seed=seed, tissue_values=values, **options)
+    evidence = detect_modality(image, name="scan_003.nii.gz")
+    assert evidence.source == "intensity"
+    assert "white matter" in evidence.detail and "median" in evidence.detail
+    if modality == "FLAIR" and options.get("skull_stripped"):
+        # 10 mm slices of a stripped brain keep little white matter: the safe answer is allowed,
+        # a wrong contrast is not.
+        assert evidence.modality in (M.FLAIR, M.MR)
+        return
+    assert evidence.modality.value == modality
+    assert evidence.confidence >= 0.6
+
+
+def test_contrast_reading_names_the_classes_and_their_medians():
+    reading = read_contrast(_synthetic_head("T2", seed=9010))
+    assert reading is not None and reading.modality == "T2"
+    roles = [c.role for c in reading.classes]
+    assert roles == ["white matter", "grey matter", "CSF"]  # darkest first
+    medians = [c.median for c in reading.classes]
+    assert medians == sorted(medians)
+    assert abs(sum(c.share for c in reading.classes) - 1.0) < 1e-6
+
+
+@pytest.mark.parametrize("kind", synthetic.OBJECT_KINDS)
+def test_mr_of_something_that_is_not_a_head_is_generic_mr(kind):
+    grid = synthetic.Grid.centered((0.0, 0.0, 0.0), (360.0, 280.0, 240.0), (2.0, 2.0, 4.0))
+    image = synthetic.render_object(kind, grid, seed=9020)
+    evidence = detect_modality(image, name="scan_003.nii.gz")
+    assert (evidence.modality, evidence.source) == (M.MR, "intensity")
+    assert evidence.confidence < 0.6
+
+
+def test_ct_head_stays_ct_whatever_its_tissue_values():
+    image = _synthetic_head("CT", seed=9030, tissue_values=synthetic.varied_contrast("CT", seed=9030))
+    evidence = detect_modality(image, name="scan_003.nii.gz")
+    assert (evidence.modality, evidence.source) == (M.CT, "intensity")
+
+
+def test_metadata_saying_only_mr_takes_the_contrast_from_the_tissue_classes():
+    evidence = detect_modality(_synthetic_head("T1", seed=9040), metadata={"0008|0060": "MR"})
+    assert (evidence.modality, evidence.source) == (M.T1, "intensity")
+    assert evidence.detail.startswith("DICOM Modality 'MR'")
+
+
+def test_a_named_contrast_beats_the_tissue_classes_and_the_conflict_is_said():
+    evidence = detect_modality(_synthetic_head("T1", seed=9050), name="patient_T2w.nii.gz")
+    assert (evidence.modality, evidence.source) == (M.T2, "name")
+    assert "suggests T1" in evidence.detail
+    assert evidence.confidence < 0.75
+
+
+def test_non_contrast_mr_metadata_is_not_overridden_by_the_tissue_classes():
+    # Proton-density physics says "an MR, not T1/T2/FLAIR": the pixels do not turn it into one.
+    metadata = {"Modality": "MR", "RepetitionTime": "3000", "EchoTime": "15"}
+    evidence = detect_modality(_synthetic_head("T1", seed=9060), metadata=metadata)
+    assert (evidence.modality, evidence.source) == (M.MR, "metadata")
+
+
+def test_contrast_reading_leaves_the_image_untouched():
+    image = _synthetic_head("FLAIR", seed=9070)
+    before = sitk.GetArrayFromImage(image).copy()
+    read_contrast(image)
+    assert np.array_equal(sitk.GetArrayViewFromImage(image), before)

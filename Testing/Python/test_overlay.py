@@ -38,7 +38,7 @@ def test_sheet_is_a_png_of_the_expected_size_with_the_views_unscaled(tmp_path: P
     # the caption is drawn: the header is not empty, and the edge colour appears in the views
     assert sheet[: overlay.HEADER_PIXELS].max() > 200
     assert _edge_mask(mosaic.view(VIEWS["axial"], AFTER)).sum() > 200
-    assert caption.lines() == ("CT onto T1 with elastix", "NMI 1.012 -> 1.088    verdict: GOOD")
+    assert caption.lines() == ("CT onto T1 with elastix", "NMI 1.0123 -> 1.0877    verdict: GOOD")
 
 
 def _with_blobs(image: sitk.Image, center: np.ndarray, offsets_mm: list[tuple[float, float, float]]) -> sitk.Image:

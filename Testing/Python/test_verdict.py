@@ -23,3 +23,70 @@ def test_thick_slices_lower_the_dice_ceiling_and_the_truth_reaches_it() -> None:
         # the true transform's Dice stays within the questionable margin of the predicted ceiling
         assert dice is not None and dice > dice_ceiling(prepared) - THRESHOLDS.dice_questionable_margin
         assert overlap > 0.95
+
+
+# --- No false alarms, and still a catch: exact transforms with known truth -----------------------------
+
+import math  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+
+from OneClickRegistrationLib.metrics import score  # noqa: E402
+from OneClickRegistrationLib.transforms import compose  # noqa: E402
+from OneClickRegistrationLib.verdict import judge  # noqa: E402
+
+
+def _judge(case: synthetic.SyntheticCase, transform: sitk.Transform) -> str:
+    pair = case.pair
+    preset = preset_for(pair.fixed_modality, pair.moving_modality)
+    prepared = prepare_pair(pair.fixed, pair.moving, preset)
+    metric = preset.score_metric
+    before = score(prepared.fixed, prepared.moving, metric=metric, fixed_mask=prepared.fixed_head)
+    after = score(prepared.fixed, prepared.moving, transform=transform, metric=metric,
+                  fixed_mask=prepared.fixed_head)
+    return judge(prepared, transform, metric=metric, score_before=before, score_after=after).label
+
+
+def _off(case: synthetic.SyntheticCase, *, mm: float, deg: float) -> sitk.Transform:
+    """The truth followed by a shift of ``mm`` and a rotation of ``deg`` about the brain's centre."""
+    center = case.pair.brain_points.mean(axis=0)
+    error = sitk.Euler3DTransform()
+    error.SetCenter(tuple(float(c) for c in center))
+    error.SetTranslation((mm / math.sqrt(3.0),) * 3)
+    error.SetRotation(math.radians(deg) / math.sqrt(2.0), 0.0, math.radians(deg) / math.sqrt(2.0))
+    return compose(error, case.pair.truth)
+
+
+@pytest.fixture(scope="module", params=["self", "aligned", "skull_stripped", "ct_slab"])
+def hard_case(request) -> synthetic.SyntheticCase:
+    return synthetic.make_case(request.param, 101)
+
+
+def test_the_true_transform_is_good(hard_case):
+    # Before: self and aligned pairs were questionable ("similarity got worse", start scored without
+    # interpolation), a skull-stripped brain against a head failed (head-mask Dice 0.76).
+    assert _judge(hard_case, hard_case.pair.truth) == "good", hard_case.description
+
+
+@pytest.mark.parametrize(("mm", "deg"), [(5.0, 0.0), (0.0, 5.0), (10.0, 0.0)])
+def test_a_result_five_millimetres_or_degrees_off_is_caught(hard_case, mm, deg):
+    transform = _off(hard_case, mm=mm, deg=deg)
+    error = synthetic.target_registration_error(transform, hard_case.pair.truth, hard_case.pair.brain_points)
+    assert error.mean() > 3.5  # 5 degrees about the brain's centre move its points 3.5-6 mm
+    assert _judge(hard_case, transform) in ("questionable", "failed"), hard_case.description
+
+
+def test_brain_only_images_are_judged_by_containment():
+    case = synthetic.make_case("skull_stripped", 102)
+    prepared = prepare_pair(case.pair.fixed, case.pair.moving,
+                            preset_for(case.pair.fixed_modality, case.pair.moving_modality))
+    from OneClickRegistrationLib.verdict import head_agreement
+
+    aligned = head_agreement(prepared, case.pair.truth)
+    assert aligned.containment is not None and aligned.containment > THRESHOLDS.containment_questionable
+    assert aligned.dice is not None and aligned.dice < THRESHOLDS.dice_questionable  # why Dice cannot judge it
+    far = head_agreement(prepared, _off(case, mm=25.0, deg=0.0))
+    assert far.containment is not None and far.containment < aligned.containment
+    assert np.isfinite(far.overlap)
