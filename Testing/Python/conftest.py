@@ -1,10 +1,42 @@
-"""Shared fixtures: small synthetic heads with known ground truth (cached per session)."""
+"""Shared fixtures (small synthetic heads with known ground truth), the canary switch and the CI profile."""
 
 from __future__ import annotations
 
+import os
+
+import canary
 import pytest
+from hypothesis import HealthCheck, settings
 
 from OneClickRegistrationLib import synthetic
+
+# CI draws the same hypothesis examples every run, so a red run can be reproduced; locally they vary.
+settings.register_profile("ci", derandomize=True, print_blob=True, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+if os.environ.get("CI"):
+    settings.load_profile("ci")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--canary-shift-mm", type=float, default=None, metavar="MM",
+        help="Move the moving image by MM millimetres in every request an engine receives (a planted "
+             "geometry error): every accuracy test that runs a real engine must then fail.")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    shift = config.getoption("--canary-shift-mm")
+    if shift:
+        wrapped = canary.install(shift)
+        canary.propagate_to_children(shift)
+        config.stash[_CANARY_KEY] = f"canary: moving images shifted by {shift:g} mm in {', '.join(wrapped)}.run"
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    return config.stash.get(_CANARY_KEY, None)
+
+
+_CANARY_KEY = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")

@@ -41,6 +41,13 @@ def fingerprint(image: sitk.Image) -> tuple:
             sitk.GetArrayViewFromImage(image).tobytes())
 
 
+# Mean brain error (mm) allowed for the tiny pair (T1/T1, 6 mm voxels) per engine: 1.5-2x the measured
+# baseline (elastix 0.23 mm, ANTs 1.01 mm). Tests on the tiny pair check plumbing (paths, files, pixel
+# types) and that the result is the registration, not a wild one; at 6 mm voxels the error floor hides a
+# 0.3 mm geometry error (the canary leaves them passing): accuracy is tested on finer heads elsewhere.
+TINY_PAIR_TOLERANCE_MM = {"elastix": 0.4, "ants": 1.5}
+
+
 def tre_mm(estimated: sitk.Transform, truth: sitk.Transform, points: np.ndarray) -> np.ndarray:
     return synthetic.target_registration_error(estimated, truth, points)
 

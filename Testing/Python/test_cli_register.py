@@ -33,7 +33,7 @@ def test_register_writes_consistent_outputs(pair_files: tuple[Path, Path], tmp_p
                                             capsys: pytest.CaptureFixture[str]) -> None:
     fixed, moving = pair_files
     out = tmp_path / "out"
-    assert main([str(fixed), str(moving), "-o", str(out), "--engine", "simpleitk", "--quiet"]) == 0
+    assert main([str(fixed), str(moving), "-o", str(out), "--engine", "elastix", "--quiet"]) == 0
     report = json.loads((out / "report.json").read_text())
     for key in ("fixed_modality", "moving_modality", "preset", "engine", "metric", "score_before",
                 "score_after", "elapsed_s", "verdict", "verdict_reasons", "attempts"):
@@ -41,7 +41,7 @@ def test_register_writes_consistent_outputs(pair_files: tuple[Path, Path], tmp_p
     assert (report["fixed_modality"], report["moving_modality"]) == ("T1", "CT")
     transform = sitk.ReadTransform(str(out / "transform.tfm"))
     errors = synthetic.target_registration_error(transform, t1_ct_pair.truth, t1_ct_pair.brain_points)
-    assert errors.mean() < 1.0
+    assert errors.mean() < 0.26  # measured 0.176 mm (0.37 with the 0.3 mm canary)
     # applying transform.tfm to the moving image gives registered.nrrd back
     registered = sitk.ReadImage(str(out / "registered.nrrd"))
     again = sitk.Resample(sitk.ReadImage(str(moving)), sitk.ReadImage(str(fixed)), transform, sitk.sitkLinear, -1024.0)
@@ -84,7 +84,9 @@ def test_demo_runs_offline(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "True error" in proc.stdout and "verdict" in proc.stdout
     mean_error = float(proc.stdout.split("mean ")[1].split(" mm")[0])
-    assert mean_error < 2.0
+    # Measured 0.24 mm. The demo's fast pair is coarse: with the canary's 0.3 mm it gives 0.28 mm, so this
+    # bound catches a broken demo (a "questionable" 1.85 mm run used to pass), not a 0.3 mm error.
+    assert mean_error < 0.35
     assert (tmp_path / "demo" / "overlay.png").is_file()
 
 
@@ -112,7 +114,7 @@ def test_score_verdict_flags_a_wrong_transform_and_accepts_the_truth(pair_files:
 
 def test_outputs_are_all_or_nothing_when_a_late_step_fails(t1_t2_pair: synthetic.SyntheticPair, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from OneClickRegistrationLib import outputs
+    from OneClickRegistrationLib import images, outputs
     from OneClickRegistrationLib.errors import InputError
     from OneClickRegistrationLib.pipeline import judge_transform
 
@@ -122,16 +124,22 @@ def test_outputs_are_all_or_nothing_when_a_late_step_fails(t1_t2_pair: synthetic
     first = outputs.write_outputs(result, t1_t2_pair.fixed, out)
     before = {path.name: path.read_bytes() for path in first.values()}
 
-    # A failure while drawing the overlay cannot be caused on demand; it is simulated narrowly
-    # (only the overlay writer raises) to check that nothing of the second run reaches the folder.
-    def broken_overlay(*args, **kwargs):
-        raise InputError("Cannot write the overlay (simulated).")
+    # A real write failure late in the outputs: the overlay (drawn after the transform and the volume)
+    # is written to a full disk (/dev/full), the others to the real folder.
+    original = images._partial_name
 
-    monkeypatch.setattr(outputs, "write_overlay", broken_overlay)
+    def full_for_the_overlay(final: Path) -> Path:
+        partial = original(final)
+        if final.name == outputs.OVERLAY_FILE:
+            partial.symlink_to("/dev/full")
+        return partial
+
+    monkeypatch.setattr(images, "_partial_name", full_for_the_overlay)
     shifted = judge_transform(t1_t2_pair.fixed, t1_t2_pair.moving, sitk.Euler3DTransform(),
                               fixed_modality="T1", moving_modality="T2")
-    with pytest.raises(InputError, match="simulated"):
+    with pytest.raises(InputError, match="No space left on device"):
         outputs.write_outputs(shifted, t1_t2_pair.fixed, out)
+    # Nothing of the second run reaches the folder, and no staging or partial file is left behind.
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
 

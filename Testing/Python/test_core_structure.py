@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import ast
+import importlib
+import pkgutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -94,3 +99,36 @@ def test_one_cancel_check_and_one_first_line() -> None:
         raise_if_cancelled(lambda: True)
     assert first_line(ValueError("  first\nsecond")) == "first"
     assert first_line(KeyError()) == "KeyError"
+
+
+def test_core_never_imports_slicer_vtk_qt_or_ctk() -> None:
+    names = [m.name for m in pkgutil.walk_packages(OneClickRegistrationLib.__path__, "OneClickRegistrationLib.")]
+    code = textwrap.dedent(f"""
+        import sys, importlib
+        for blocked in ("slicer", "vtk", "vtkmodules", "qt", "ctk", "PythonQt"):
+            sys.modules[blocked] = None  # any import of them now fails
+        for name in {names!r}:
+            importlib.import_module(name)
+        print(len({names!r}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) == len(names) > 20
+
+
+def test_public_api_is_reexported_lazily_from_its_home_module() -> None:
+    code = textwrap.dedent("""
+        import sys
+        import OneClickRegistrationLib as lib
+        before = {name for name in sys.modules if name.startswith("OneClickRegistrationLib.")}
+        print(sorted(before))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"  # importing the package loads none of its modules (cheap, no engine)
+    for name in OneClickRegistrationLib.__all__:
+        exported = getattr(OneClickRegistrationLib, name)
+        home = importlib.import_module(exported.__module__)
+        assert getattr(home, name) is exported, name
+    with pytest.raises(AttributeError, match="has no attribute 'does_not_exist'"):
+        OneClickRegistrationLib.does_not_exist  # noqa: B018

@@ -6,7 +6,6 @@ import os
 import shutil
 import stat
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from OneClickRegistrationLib.engines.base import EngineRequest, EngineSettings, 
 from OneClickRegistrationLib.engines.elastix_engine import ElastixEngine, parameter_map
 from OneClickRegistrationLib.engines.elastix_parameters import ParameterMap, format_parameters
 from OneClickRegistrationLib.errors import CancelledError, EngineError, EngineTimeoutError
+from OneClickRegistrationLib.preparation import initial_alignment, prepare_pair
 from OneClickRegistrationLib.presets import preset_for
 
 pytestmark = [
@@ -60,18 +60,12 @@ def ct_pair() -> synthetic.SyntheticPair:
 
 
 def _request(pair: synthetic.SyntheticPair, **kwargs) -> EngineRequest:
-    """What the pipeline hands an engine: float32 images, CT windowed as the preset says, and a start
-    (by default the centres of mass, as the pipeline's moments initialization gives)."""
+    """What the pipeline hands an engine: the real preparation (float32, CT windowed, MR winsorized) and, by
+    default, the pipeline's start (the moments of the two head masks)."""
     preset = kwargs.pop("preset", preset_for(pair.fixed_modality, pair.moving_modality))
-    fixed = sitk.Cast(pair.fixed, sitk.sitkFloat32)
-    moving = sitk.Cast(pair.moving, sitk.sitkFloat32)
-    if preset.fixed_ct_window is not None:
-        fixed = sitk.Clamp(fixed, sitk.sitkFloat32, *preset.fixed_ct_window)
-    if preset.moving_ct_window is not None:
-        moving = sitk.Clamp(moving, sitk.sitkFloat32, *preset.moving_ct_window)
-    if "initial_transform" not in kwargs:
-        kwargs["initial_transform"] = _centred(fixed, moving, sitk.CenteredTransformInitializerFilter.MOMENTS)
-    return EngineRequest(fixed=fixed, moving=moving, preset=preset, **kwargs)
+    prepared = prepare_pair(pair.fixed, pair.moving, preset)
+    kwargs.setdefault("initial_transform", initial_alignment(prepared, "moments"))
+    return EngineRequest(fixed=prepared.fixed, moving=prepared.moving, preset=preset, **kwargs)
 
 
 def _centred(fixed: sitk.Image, moving: sitk.Image, mode: int) -> sitk.Transform:
@@ -111,7 +105,7 @@ def test_recovers_rigid_t2_to_t1_from_the_centres_of_mass(t2_pair, private_tempd
     output = _engine().run(_request(t2_pair), RunOptions(progress=lambda f, m: progress.append((f, m))))
     assert isinstance(output.transform, sitk.Euler3DTransform)
     assert start > 10.0
-    assert _tre(output.transform, t2_pair) < 1.0
+    assert _tre(output.transform, t2_pair) < 0.18  # measured 0.086 (0.24 with the 0.3 mm canary)
     fractions = [f for f, _ in progress]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any("level 3/3" in m for _, m in progress)
@@ -126,7 +120,7 @@ def test_recovers_rigid_ct_to_t1_from_a_centered_initializer(ct_pair, private_te
     output = _engine().run(replace(request, initial_transform=initial), RunOptions(threads=1))
     assert "-threads 1" in output.log[0]
     assert isinstance(output.transform, sitk.Euler3DTransform)
-    assert _tre(output.transform, ct_pair) < 1.0
+    assert _tre(output.transform, ct_pair) < 0.25  # measured 0.167 (0.39 with the 0.3 mm canary)
     assert _leftovers(private_tempdir) == []
 
 
@@ -139,7 +133,7 @@ def test_recovers_from_the_geometric_centres_with_the_recursive_pyramid(t2_pair)
     assert '(FixedImagePyramid "FixedRecursiveImagePyramid")' in format_parameters(parameter_map(request))
     output = _engine().run(request, RunOptions())
     assert "-t0" in output.log[0]
-    assert _tre(output.transform, t2_pair) < 1.0
+    assert _tre(output.transform, t2_pair) < 0.18  # measured 0.087 (0.24 with the 0.3 mm canary)
 
 
 def test_result_includes_a_rotated_initial_transform(t2_pair):
@@ -148,7 +142,7 @@ def test_result_includes_a_rotated_initial_transform(t2_pair):
     initial = synthetic.rigid_transform((3.0, -9.0, 4.0), (2.0, 5.0, -3.0), center=(40.0, -60.0, 30.0))
     assert _tre(initial, t2_pair) > 10.0
     output = _engine().run(_request(t2_pair, initial_transform=initial), RunOptions())
-    assert _tre(output.transform, t2_pair) < 1.0
+    assert _tre(output.transform, t2_pair) < 0.18  # measured 0.087 (0.24 with the 0.3 mm canary)
     # With a zero step size the result is the initial transform itself (the -t0 file is read right).
     unoptimized = _engine(AutomaticParameterEstimation=(False,), SP_a=(0.0,)).run(
         _request(t2_pair, initial_transform=initial), RunOptions())
@@ -165,7 +159,7 @@ def test_affine_with_masks(t2_pair):
                            RunOptions(keep_temp=True))
     assert isinstance(output.transform, sitk.AffineTransform)
     assert "-fMask" in output.log[0] and "-mMask" in output.log[0]
-    assert _tre(output.transform, t2_pair) < 1.0
+    assert _tre(output.transform, t2_pair) < 0.25  # measured 0.161 (0.32 with the 0.3 mm canary)
     kept = Path(output.kept_temp_dir)
     try:
         assert (kept / "out" / "TransformParameters.0.txt").is_file()
@@ -198,25 +192,27 @@ def _elastix_children() -> set[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process check reads /proc (Linux)")
-def test_cancel_stops_elastix_quickly_and_cleans_up(t2_pair, private_tempdir):
+def test_cancel_stops_elastix_mid_run_and_cleans_up(t2_pair, private_tempdir):
     seen: dict[str, object] = {}
 
     def progress(fraction: float, message: str) -> None:
         if "iteration" in message and "pids" not in seen:
             seen["pids"] = _elastix_children()
             seen["folders"] = _leftovers(private_tempdir)
+        elif "cancelled_at" in seen:
+            seen["after"] = max(fraction, float(seen.get("after", 0.0)))  # type: ignore[arg-type]
 
     def cancel() -> bool:
         if "pids" in seen:
-            seen.setdefault("cancelled_at", time.monotonic())
+            seen.setdefault("cancelled_at", True)
             return True
         return False
 
     with pytest.raises(CancelledError):
         _engine().run(_long_request(t2_pair), RunOptions(progress=progress, cancel=cancel))
-    stopped_after = time.monotonic() - seen["cancelled_at"]
     assert seen["pids"] and len(seen["folders"]) == 1  # elastix was really running in its folder
-    assert stopped_after < 2.0
+    # Stopped mid-run (an event, not a clock): nothing reported after the cancel came near the run's end.
+    assert float(seen.get("after", 0.0)) < 0.9  # type: ignore[arg-type]
     for pid in seen["pids"]:
         assert not Path(f"/proc/{pid}").exists() or pid not in _elastix_children()
     assert _elastix_children() == set()

@@ -5,7 +5,7 @@ truth is known exactly: a similarity ``S`` applied to both images' physical spac
 rotated or mirrored axes, an origin kilometres away) turns the true transform ``T`` into
 ``S T S^-1`` and the fixed points ``p`` into ``S p``; moving only the moving header by ``D`` turns
 ``T`` into ``D T``. Other cases image the head on a new grid (20:1 slices, oblique or left-handed
-axes). Errors are in millimetres of the new space, against a tolerance scaled with it.
+axes). Errors are in millimetres of the new space, against a tolerance set per case from its measured baseline.
 """
 
 from __future__ import annotations
@@ -26,8 +26,22 @@ from OneClickRegistrationLib.transforms import affine_from_matrix, to_matrix
 
 pytestmark = pytest.mark.engine
 
-# Mean error allowed at the tiny pair's scale (6 mm fixed voxels): a quarter of a voxel.
-TOLERANCE_MM = 1.5
+# Mean error allowed per case, in mm of the case's space: about 1.5x the measured baseline (in the
+# comment). On a 6 mm head the error floor is 0.1-0.9 mm, so these cases guard the header handling (a
+# mislabelled axis, spacing or origin gives errors of centimetres), not sub-voxel accuracy: a 0.3 mm
+# error injected before the engines (the canary) fails only the first and the 20:1 case here. Sub-voxel
+# accuracy on oblique, flipped, thick-slice and fine-vs-coarse grids is checked on 2.5 mm heads in
+# test_pipeline.py, where the canary fails every case.
+TOLERANCE_MM = {
+    "1 mm spacing, a 4 cm object": 0.16,  # measured 0.081 (0.27 with the canary)
+    "10 mm spacing": 1.3,  # measured 0.845
+    "20:1 anisotropic slices": 1.2,  # measured 0.811 (1.63 with the canary)
+    "oblique axes": 0.3,  # measured 0.202
+    "left-handed axes": 0.5,  # measured 0.349
+    "both images in a rotated, mirrored space": 0.55,  # measured 0.361
+    "origins kilometres away": 0.8,  # measured 0.536
+    "no overlap in physical space": 0.8,  # measured 0.532
+}
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +57,7 @@ class Case:
     moving: sitk.Image
     truth: sitk.Transform
     points: np.ndarray
-    scale: float  # how much the case scales distances (tolerances scale with it)
+    scale: float  # how much the case scales distances
 
 
 def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
@@ -128,7 +142,7 @@ def test_extreme_geometry_registers_accurately(name: str) -> None:
                       moving_modality="T2")
     errors = tre_mm(result.transform, case.truth, case.points)
     print(f"{name}: mean error {errors.mean():.3g} mm, max {errors.max():.3g} mm, verdict {result.verdict.label}")
-    assert errors.mean() < TOLERANCE_MM * case.scale, f"{name}: mean error {errors.mean():.3g} mm"
+    assert errors.mean() < TOLERANCE_MM[name], f"{name}: mean error {errors.mean():.3g} mm"
     assert result.registered.GetSize() == case.fixed.GetSize()
     np.testing.assert_allclose(result.registered.GetOrigin(), case.fixed.GetOrigin())
     assert result.score_after.ok and result.score_after.value > result.score_before.value if (

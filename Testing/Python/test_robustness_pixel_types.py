@@ -78,6 +78,9 @@ def test_every_pixel_type_is_prepared_with_the_same_contrast(dtype, offset) -> N
     assert (fingerprint(fixed), fingerprint(moving)) == before  # the caller's images are untouched
 
 
+PIXEL_TYPES_TOLERANCE_MM = 0.8
+
+
 @pytest.mark.engine
 @pytest.mark.parametrize(("fixed_type", "moving_type"), [((np.uint64, 2.0**50), (np.int8, 0.0)),
                                                          ((np.float64, 1.0e12), (np.uint32, 0.0))],
@@ -88,7 +91,9 @@ def test_extreme_pixel_types_register_end_to_end(fixed_type, moving_type) -> Non
     moving = as_type(pair.moving, moving_type[0], offset=moving_type[1])
     result = register(fixed, moving, engine="elastix", recover=False, fixed_modality="T1", moving_modality="T2")
     errors = tre_mm(result.transform, pair.truth, pair.brain_points)
-    assert errors.mean() < 1.5, errors.mean()
+    # The tiny T1/T2 pair (6 mm voxels): measured 0.49 mm (uint64) and 0.53 mm (float64), the same as
+    # the plain types give; the check is that the extreme types reach the engine intact.
+    assert errors.mean() < PIXEL_TYPES_TOLERANCE_MM, errors.mean()
     assert result.verdict.label == "good", result.verdict.reasons
     assert result.registered.GetPixelID() == moving.GetPixelID()  # the output keeps the moving type
 
@@ -173,7 +178,8 @@ def test_real_big_endian_head_registers_to_its_known_motion(tmp_path, capsys) ->
     errors = np.linalg.norm(np.array([found.TransformPoint(tuple(p)) for p in points]) - expected, axis=1)
     start = np.linalg.norm(points - expected, axis=1)
     assert start.mean() > 8.0  # the motion is real: about 12 mm on average over the head
-    assert errors.mean() < 0.5 and errors.max() < 1.0, (errors.mean(), errors.max())
+    # Measured with elastix: mean 0.091 mm, max 0.164 mm (0.35 / 0.42 mm with the canary's 0.3 mm).
+    assert errors.mean() < 0.2 and errors.max() < 0.35, (errors.mean(), errors.max())
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["verdict"] == "good", report["verdict_reasons"]
     assert {p: p.read_bytes() for p in inputs} == inputs  # the big-endian inputs are untouched

@@ -1,0 +1,74 @@
+"""process_runner: streaming a child's lines, failures with the log tail, cancel/timeout of the whole
+process tree, and engine work folders."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from OneClickRegistrationLib.errors import CancelledError, EngineError, EngineTimeoutError
+from OneClickRegistrationLib.process_runner import engine_workdir, run_process
+
+# Generous: only a machine under heavy load gets near it, and a passing run never waits for it.
+DEADLINE_S = 60.0
+
+
+def test_runner_streams_lines_and_reports_failures_with_the_log_tail() -> None:
+    lines: list[str] = []
+    outcome = run_process([sys.executable, "-c", "print('a'); print('b')"], name="echo", on_line=lines.append)
+    assert lines == ["a", "b"] and outcome.log == ("a", "b")
+    with pytest.raises(EngineError, match="boom") as info:
+        run_process([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], name="failing")
+    assert "code 3" in str(info.value)
+    with pytest.raises(TypeError):
+        run_process("echo hi", name="shell string")  # type: ignore[arg-type]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_until(condition, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {DEADLINE_S:g} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+def test_cancel_and_timeout_kill_the_whole_process_tree(tmp_path: Path, how: str) -> None:
+    # The child starts a grandchild, writes its pid, then says "started": the cancel waits for that
+    # line (an event, not a number of seconds), so the grandchild always exists when it is stopped.
+    pid_file = tmp_path / "child.pid"
+    script = ("import subprocess, sys, time; "
+              "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+              f"open({str(pid_file)!r}, 'w').write(str(c.pid)); print('started', flush=True); time.sleep(600)")
+    lines: list[str] = []
+    expected = CancelledError if how == "cancel" else EngineTimeoutError
+    with pytest.raises(expected):
+        # The timeout case: 600 s of work against a limit of a few seconds; the limit is what ends it.
+        run_process([sys.executable, "-c", script], name="sleeper", on_line=lines.append,
+                    cancel=(lambda: "started" in lines) if how == "cancel" else None,
+                    timeout_s=5.0 if how == "timeout" else None)
+    if how == "timeout" and not pid_file.exists():
+        pytest.fail("the child did not start its grandchild before the time limit (machine overloaded)")
+    grandchild = int(pid_file.read_text())
+    _wait_until(lambda: not _alive(grandchild), "the grandchild's end")
+
+
+def test_workdir_is_removed_unless_kept() -> None:
+    with engine_workdir("probe") as folder:
+        (folder / "x.txt").write_text("x")
+    assert not folder.exists()
+    kept: list = []
+    with engine_workdir("probe", keep_temp=True, on_kept=kept.append) as folder:
+        pass
+    assert kept == [folder] and folder.exists()
+    folder.rmdir()
