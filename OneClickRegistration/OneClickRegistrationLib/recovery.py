@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
+import numpy as np
 import SimpleITK as sitk
 
 from .attempts import Attempt, judged, run_attempt, score_on
@@ -34,6 +35,7 @@ from .initial_search import search_start
 from .options import RegistrationOptions
 from .preparation import PreparedPair, initial_alignment
 from .presets import Preset
+from .transforms import to_matrix
 
 # Default budget: BUDGET_FACTOR times the first attempt, within [MIN_BUDGET_S, MAX_BUDGET_S]; a
 # clinician waits for one click, not for an open-ended search.
@@ -49,6 +51,12 @@ class Candidate:
     initial: sitk.Transform
 
 
+def _same_transform(a: sitk.Transform, b: sitk.Transform) -> bool:
+    """Whether two linear transforms map every point alike (within 0.01 mm / 1e-4 of a radian)."""
+    ma, mb = to_matrix(a), to_matrix(b)
+    return bool(np.allclose(ma[:3, :3], mb[:3, :3], atol=1e-4) and np.allclose(ma[:3, 3], mb[:3, 3], atol=1e-2))
+
+
 def _candidates(pair: PreparedPair, preset: Preset, first: Attempt, forced_engine: str | None) -> list[Candidate]:
     base = first.initial
     assert base is not None, "the pipeline's first attempt has a start"
@@ -56,6 +64,10 @@ def _candidates(pair: PreparedPair, preset: Preset, first: Attempt, forced_engin
     candidates = []
     found = search_start(pair.fixed, pair.fixed_head, pair.moving, pair.moving_head, centred, metric=pair.metric)
     if found is not None:
+        if not _same_transform(found.transform, base):
+            # The first attempt did not start from the search's best (the user gave a start): try it first.
+            candidates.append(Candidate(first.engine, f"search start 1 (coarse score {found.value:.4f})",
+                                        found.transform))
         for index, (start, value) in enumerate(found.alternatives, start=2):
             candidates.append(Candidate(first.engine, f"search start {index} (coarse score {value:.4f})", start))
     candidates.append(Candidate(first.engine, f"{preset.initialization} initialization without search", centred))

@@ -26,9 +26,6 @@ def turned_head() -> synthetic.SyntheticPair:
                                coarsen=3.0, seed=13)
 
 
-@pytest.mark.xfail(strict=True, reason="since the initial search (main 17:45) the default start is right first "
-                   "try, so the test forces a wrong start (identity); from it the first attempt is 52 mm off and "
-                   "flagged, but recovery's candidates stay 55 mm off")
 def test_a_wrong_first_attempt_is_recovered(turned_head: synthetic.SyntheticPair) -> None:
     messages: list[str] = []
     result = register(turned_head.fixed, turned_head.moving, fixed_modality="T1", moving_modality="T2",
