@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + "  ".join(f"{k}={v}" for k, v in summary.items()))
     if args.quick:  # a development check: its figures are not kept
         return 0
-    path = bc.write_json("bench_speed", {"peer_parameters": str(parameters), "summary": summary, "cases": rows})
+    path = bc.write_json("bench_speed", {"peer_parameters": parameters.name, "summary": summary, "cases": rows})
     print(f"Results written to {path}")
     return 0
 
