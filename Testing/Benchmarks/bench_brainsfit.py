@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     bc.print_table(ratios, list(ratios[0]))
     path = bc.write_json("bench_brainsfit", {
-        "settings": vars(args), "brainsfit": "BRAINSFit executable found" if found.available else found.detail, "cases": cases, "runs": runs,
+        "settings": vars(args), "brainsfit": "BRAINSFit executable found" if found.available else found.detail,
+        "cases": cases, "runs": runs,
         "summary": rows, "time_ratios": ratios,
     })
     print(f"\nwrote {path}")
