@@ -64,6 +64,9 @@ def test_presets_depart_from_the_generic_block_exactly_where_the_study_found_a_g
         changes = {key: tuple(v) if isinstance(v, list) else v for key, v in family["changes"][chosen].items()}
         if coarse_study:  # a pyramid studied on coarse grids says nothing of its finest level at 1 mm
             changes.pop("shrink_factors", None)
+        # Fewer iterations lost accuracy on a small object at 1 mm (0.08 -> 0.34 mm,
+        # test_robustness_geometry), which the study's 2 mm heads could not show: not adopted.
+        changes.pop("iterations", None)
         expected = replace(preset, **{**GENERIC, **changes})
         assert preset == expected, (preset.name, chosen)
         # The engine order follows the study too: elastix first when it beat the embedded engine.
