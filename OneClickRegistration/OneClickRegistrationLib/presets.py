@@ -72,7 +72,10 @@ _COMMON = dict(
 # (~0.7x the time) but a 4 cm object on a 1 mm grid went from 0.08 to 0.34 mm (test_robustness_geometry).
 # Pairs with a CT keep the generic pyramid: the study's faster 8/4/2 pyramid was measured on 2 mm grids
 # only, where its finest level is the full image; on a 1 mm image it would stop at 2 mm voxels.
-_SAME_MR = dict(_COMMON, similarity="ncc", initialization="moments", score_metric="ncc")
+# Same-contrast MR is optimised with MI too: more accurate than NCC in the study (median 0.052 vs 0.073 mm)
+# and on nibabel's real T1 pair (0.10 vs 0.31 mm mean error, 2 mm vs 4 mm SPM-resampled grids); the score
+# stays NCC, comparable across same-contrast pairs.
+_SAME_MR = dict(_COMMON, similarity="mi", initialization="moments", score_metric="ncc")
 _CROSS_MR = dict(_COMMON, similarity="mi", initialization="moments", score_metric="nmi")
 _WITH_CT = dict(_COMMON, similarity="mi", initialization="moments", score_metric="nmi")
 _CT_CT = dict(_COMMON, similarity="ncc", initialization="moments", score_metric="ncc")

@@ -72,7 +72,7 @@ def test_preset_numbers_reach_the_arguments():
 
 
 def test_same_modality_uses_global_correlation_and_ants_never_initializes_itself():
-    preset = replace(preset_for("T1", "T1"), initialization="geometry")
+    preset = replace(preset_for("CT", "CT"), initialization="geometry")
     assert preset.similarity == "ncc"
     args = _args(preset)
     assert _values(args, "--metric") == ["GC[/w/fixed.mha,/w/moving.mha,1,1,Regular,0.1]"]

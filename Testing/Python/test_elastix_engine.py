@@ -93,7 +93,7 @@ def test_rigid_mi_parameter_text():
 
 
 def test_affine_ncc_parameter_text():
-    request = _request("T1", "T1", transform_kind="affine")
+    request = _request("CT", "CT", transform_kind="affine")
     p = _params(request)
     assert request.preset.similarity == "ncc"
     assert p["Transform"] == ("AffineTransform",)
