@@ -55,6 +55,9 @@ class VerdictThresholds:
     # shows the brain only (skull-stripped) and the other the whole head. Dice then cannot reach its
     # usual values; the brain must instead lie inside the head.
     brain_only_ratio: float = 0.8
+    # A "head" mask covering this share of the common domain or more shows no background: no head.
+    head_fills_domain: float = 0.95
+    brain_only_min_ratio: float = 0.25
     containment_failed: float = 0.85
     containment_questionable: float = 0.97
 
@@ -204,8 +207,13 @@ def head_agreement(pair: PreparedPair, transform: sitk.Transform,
     common = float((inside & moving_inside).sum())
     dice = 2.0 * common / denominator
     containment = None
-    smaller = min(fixed_count, moving_count)
-    if smaller < thresholds.brain_only_ratio * max(fixed_count, moving_count):
+    smaller, larger = min(fixed_count, moving_count), max(fixed_count, moving_count)
+    # Brain-only against a head: the larger mask is a head, not an image that is "head" everywhere
+    # (noise or a mask that found no background), which would contain anything.
+    is_head = larger < thresholds.head_fills_domain * int(domain.sum())
+    # and the smaller is brain-sized (a brain is about half a head's volume), not a stray blob.
+    brain_sized = smaller >= thresholds.brain_only_min_ratio * larger
+    if is_head and brain_sized and smaller < thresholds.brain_only_ratio * larger:
         containment = common / smaller if smaller else 0.0
     return HeadAgreement(dice, overlap, containment)
 

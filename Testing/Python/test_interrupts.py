@@ -173,7 +173,7 @@ ENGINE_MARKERS = {
     "simpleitk": r"% SimpleITK level \d/\d+, iteration [1-9]",
     "elastix": r"% elastix: level",
     "ants": r"% ANTs \w+ stage",
-    "brainsfit": r"% BRAINSFit: \w+ phase",
+    "brainsfit": r"% BRAINSFit: level \d+/\d+",
 }
 
 

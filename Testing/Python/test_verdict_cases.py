@@ -97,3 +97,18 @@ def test_a_brain_only_image_against_a_whole_head_is_good() -> None:
     verdict = judge_transform(pair.fixed, brain_only, pair.truth, fixed_modality="T1",
                               moving_modality="T2").verdict
     assert verdict.label == "good", verdict.reasons
+
+
+@pytest.mark.engine
+def test_noise_registered_to_a_head_is_never_good() -> None:
+    # A moving image of shuffled voxels has no head: its largest "head" component is a small blob that
+    # lies inside the fixed head. It must not pass as a brain-only image contained in the head.
+    from OneClickRegistrationLib.pipeline import register
+
+    pair = synthetic.make_pair("T1", "CT", rotation_deg=(0.0, 0.0, 150.0), translation_mm=(6.0, -8.0, 5.0),
+                               coarsen=3.0, seed=3)
+    values = sitk.GetArrayFromImage(pair.moving)
+    noise = sitk.GetImageFromArray(np.random.default_rng(3).permutation(values.ravel()).reshape(values.shape))
+    noise.CopyInformation(pair.moving)
+    result = register(pair.fixed, noise, fixed_modality="T1", moving_modality="CT", engine="elastix", recover=False)
+    assert result.verdict.label != "good", result.verdict.evidence
