@@ -179,6 +179,10 @@ def test_timeout_stops_the_child_and_leaves_the_scene_as_it_was(scene_with_pair)
         registerNodes(fixed, moving, engine="elastix", jobTimeoutS=0.5)
     assert state(scene, moving) == before
     assert job_folders() == folders
+    # The killed tree may take a moment to be reaped: wait for it (generous deadline), then insist.
+    deadline = time.monotonic() + 10.0
+    while [pid for pid in descendants(os.getpid()) if _alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert [pid for pid in descendants(os.getpid()) if _alive(pid)] == []  # (the listing's own ps has ended)
 
 
