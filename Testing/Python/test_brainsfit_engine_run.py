@@ -122,7 +122,9 @@ def test_rigid_cross_modality_coarse_to_fine(t2_pair, private_tempdir):
 
 def test_rigid_same_modality_with_correlation():
     pair = _pair("T1", "T1")
-    output = _engine().run(_request(pair), RunOptions(threads=1))
+    request = _request(pair)  # same-contrast MR presets optimise MI; correlation is the CT-CT choice
+    request = replace(request, preset=replace(request.preset, similarity="ncc"))
+    output = _engine().run(request, RunOptions(threads=1))
     assert "--costMetric NC" in output.log[0] and "--numberOfThreads 1" in output.log[0]
     assert _tre(output.transform, pair) < 0.25
 

@@ -47,8 +47,9 @@ def test_a_slab_is_registered_as_the_fixed_image_and_a_whole_head_is_not(ct_and_
 @pytest.mark.parametrize("engine", [
     "elastix",
     pytest.param("simpleitk", marks=pytest.mark.xfail(
-        strict=True, reason="known limit: from the search's start (5.3 mm off here) the SimpleITK engine, sampling "
-        "the fixed head inside the slab, ends 4.1 mm off on these 6 mm CT slices (elastix: 0.4 mm)")),
+        strict=False, reason="known limit: from the search's start (5.3 mm off here) the SimpleITK engine, sampling "
+        "the fixed head inside the slab, ends 1.9-4.1 mm off on these 6 mm CT slices depending on the thread count "
+        "(elastix: 0.4 mm); not strict because some runs pass")),
 ])
 def test_ct_fixed_and_an_mr_slab_register_without_recovery(ct_and_mr_slab, engine):
     # Before: elastix stopped with "Too many samples map outside moving image buffer"; the SimpleITK
