@@ -223,3 +223,23 @@ def engine_program(engine: str, program: Path | str) -> Iterator[None]:
         yield
     finally:
         configure_engine(engine, saved)
+
+
+def running_children(name_prefix: str) -> set[int]:
+    """Running (not zombie) processes whose name starts with ``name_prefix``, started by this test process.
+
+    Reads /proc (Linux); the kernel truncates names to 15 characters, hence a prefix.
+    """
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)
+            name = fields[0].split("(", 1)[1]
+            state, ppid = fields[1].split()[:2]
+        except (OSError, IndexError, ValueError):
+            continue
+        if name.startswith(name_prefix) and int(ppid) == os.getpid() and state not in ("Z", "X"):
+            found.add(int(entry.name))
+    return found

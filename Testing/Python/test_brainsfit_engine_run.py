@@ -8,7 +8,6 @@ program cannot be made to show (exit 0 without a result, a non-rigid result to a
 
 from __future__ import annotations
 
-import os
 import tempfile
 import threading
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from robustness_support import running_children
 
 from OneClickRegistrationLib import synthetic
 from OneClickRegistrationLib.engines.base import EngineRequest, EngineSettings, RunOptions
@@ -80,20 +80,7 @@ def _engine() -> BrainsFitEngine:
 
 
 def _brainsfit_children() -> set[int]:
-    """Running BRAINSFit processes started by this test process."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)
-            name = fields[0].split("(", 1)[1]
-            state, ppid = fields[1].split()[:2]
-        except (OSError, IndexError, ValueError):
-            continue
-        if name.startswith("BRAINSFit") and int(ppid) == os.getpid() and state not in ("Z", "X"):
-            found.add(int(entry.name))
-    return found
+    return running_children("BRAINSFit")
 
 
 def _head_mask(image: sitk.Image) -> sitk.Image:

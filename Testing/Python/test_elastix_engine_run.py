@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import stat
 import tempfile
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from robustness_support import running_children
 
 from OneClickRegistrationLib import synthetic
 from OneClickRegistrationLib.engines.base import EngineRequest, EngineSettings, RunOptions
@@ -175,20 +175,7 @@ def _long_request(pair: synthetic.SyntheticPair) -> EngineRequest:
 
 
 def _elastix_children() -> set[int]:
-    """Running elastix processes started by this test process."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)
-            name = fields[0].split("(", 1)[1]
-            state, ppid = fields[1].split()[:2]
-        except (OSError, IndexError, ValueError):
-            continue
-        if name == "elastix" and int(ppid) == os.getpid() and state != "Z":
-            found.add(int(entry.name))
-    return found
+    return running_children("elastix")
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process check reads /proc (Linux)")
