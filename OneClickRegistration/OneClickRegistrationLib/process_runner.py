@@ -4,6 +4,12 @@ It streams the program's output line by line to a callback, honours cancel by ki
 process tree, applies a timeout, and never goes through a shell (arguments are a list, so names
 with spaces, quotes or metacharacters are passed as they are). Temporary folders come from
 :func:`engine_workdir`, which removes them in every case unless ``keep_temp`` is set.
+
+A process that is killed outright (SIGKILL, the out-of-memory killer, a cluster worker stopped by
+its nanny) runs no clean-up of its own. For that case the program is started under
+``setpriv --pdeathsig KILL`` where util-linux has it, so the kernel ends the program with its
+parent, and every work folder names its owner, so the next run on the same host removes the folders
+of owners that are gone.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from .errors import CancelledError, EngineError, EngineTimeoutError, EngineUnavailableError
@@ -32,6 +40,7 @@ TEMP_PREFIX = "oneclickreg-"
 LOG_TAIL_LINES = 25
 _POLL_S = 0.05
 _KILL_GRACE_S = 1.0
+_OWNER_FILE = ".owner"
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,33 @@ def _kill_tree(process: subprocess.Popen[str]) -> None:
     process.wait()
 
 
+@lru_cache(maxsize=1)
+def _parent_death_prefix() -> tuple[str, ...]:
+    """``setpriv --pdeathsig KILL --`` where it works (Linux, util-linux 2.31 or newer), else nothing."""
+    if not sys.platform.startswith("linux"):
+        return ()
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return ()
+    try:  # an old setpriv without --pdeathsig refuses the option
+        probe = subprocess.run([setpriv, "--pdeathsig", "KILL", "--", "true"], capture_output=True,
+                               check=False, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return (setpriv, "--pdeathsig", "KILL", "--") if probe.returncode == 0 else ()
+
+
+def _with_parent_death(argv: list[str]) -> list[str]:
+    """``argv`` started so that it dies with this process, when the program itself can be found.
+
+    A program that cannot be found is started as it is, so that the error stays "cannot start".
+    """
+    prefix = _parent_death_prefix()
+    if not prefix or shutil.which(argv[0]) is None:
+        return argv
+    return [*prefix, *argv]
+
+
 def _pump(stream, lines: queue.Queue[str | None]) -> None:
     for line in iter(stream.readline, ""):
         lines.put(line.rstrip("\r\n"))
@@ -102,7 +138,7 @@ def run_process(
     start = time.monotonic()
     try:
         process = subprocess.Popen(
-            argv,
+            _with_parent_death(argv),
             cwd=None if cwd is None else os.fspath(cwd),
             env=None if env is None else dict(env),
             stdin=subprocess.DEVNULL,
@@ -164,11 +200,18 @@ def engine_workdir(
 ) -> Iterator[Path]:
     """A fresh temporary folder for one engine run, removed afterwards unless ``keep_temp``.
 
-    ``on_kept`` is told the folder's path when it is kept, so the caller can report it.
+    ``on_kept`` is told the folder's path when it is kept, so the caller can report it. The folder
+    names its owner (host and process), and folders left by owners that were killed outright on this
+    host are removed first.
     """
+    remove_orphaned_workdirs()
+    folder: Path | None = None
     try:
         folder = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{engine}-"))
-    except OSError as exc:  # a missing, read-only or full temporary folder
+        (folder / _OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n", encoding="utf-8")
+    except OSError as exc:
+        if folder is not None:  # created, but a full disk refused its owner file
+            shutil.rmtree(folder, ignore_errors=True)  # a missing, read-only or full temporary folder
         raise EngineError(
             f"Cannot create a temporary folder for {engine} in {tempfile.gettempdir()!r}: "
             f"{exc.strerror or exc}. Expected a writable temporary folder with free space (set TMPDIR "
@@ -178,10 +221,50 @@ def engine_workdir(
         yield folder
     finally:
         if keep_temp:
+            # a kept folder belongs to the user now: no later run may take it for an orphan
+            with suppress(OSError):
+                (folder / _OWNER_FILE).unlink()
             if on_kept is not None:
                 on_kept(folder)
         else:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_gone(pid: int) -> bool:
+    """True if no process ``pid`` runs here (a zombie waiting to be reaped counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's live process
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state == "Z"
+
+
+def remove_orphaned_workdirs(root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Remove work folders under ``root`` (the temporary folder) whose owner on this host is gone.
+
+    Folders of live owners, of other hosts (a shared temporary folder) and without an owner file
+    (kept with ``keep_temp``, or not ours) are left alone. Returns what was removed.
+    """
+    base = Path(root if root is not None else tempfile.gettempdir())
+    host = socket.gethostname()
+    removed = []
+    with suppress(OSError):
+        for folder in base.glob(f"{TEMP_PREFIX}*"):
+            try:
+                owner_host, owner_pid = (folder / _OWNER_FILE).read_text(encoding="utf-8").split()
+                pid = int(owner_pid)
+            except (OSError, ValueError):
+                continue
+            if owner_host == host and pid != os.getpid() and _process_gone(pid):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+    return removed
 
 
 def find_executable(

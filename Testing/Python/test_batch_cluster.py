@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -92,8 +93,8 @@ def client() -> Iterator[distributed.Client]:
         yield made
 
 
-def _running_engine(client: distributed.Client, key_part: str) -> tuple[str, int] | None:
-    """(worker address, worker pid) of the worker running ``key_part``'s pair with elastix started."""
+def _running_engine(client: distributed.Client, key_part: str) -> tuple[str, int, psutil.Process] | None:
+    """(worker address, worker pid, elastix process) of the worker running ``key_part``'s pair."""
     # on_error="ignore": a worker that has just been killed does not answer
     executing = client.run(lambda dask_worker: [str(t.key) for t in dask_worker.state.executing], on_error="ignore")
     pids = client.run(os.getpid, on_error="ignore")
@@ -104,14 +105,15 @@ def _running_engine(client: distributed.Client, key_part: str) -> tuple[str, int
             except psutil.Error:
                 continue
             try:  # the registration itself, not the adapter's "elastix --version" probe
-                command = next((c.cmdline() for c in children if "elastix" in c.name() and "-out" in c.cmdline()), None)
+                engine = next((c for c in children if "elastix" in c.name() and "-out" in c.cmdline()), None)
+                command = engine.cmdline() if engine is not None else None
             except psutil.Error:
                 continue
-            if command:
+            if engine is not None and command:
                 # two pairs at a time on this machine: each engine gets half the cores
                 threads = max(1, len(os.sched_getaffinity(0)) // 2)
                 assert command[command.index("-threads") + 1] == str(threads), command
-                return address, pids[address]
+                return address, pids[address], engine
     return None
 
 
@@ -200,12 +202,18 @@ def test_a_worker_killed_mid_pair_is_replaced_and_the_pair_retried(client, tmp_p
     client.wait_for_workers(2, timeout=120)
     thread, box = _in_background(lambda: register_batch(pairs, out, options=OPTIONS, client=client,
                                                         show_progress=False))
-    address, pid = _wait_for(lambda: _running_engine(client, "-case0-"), "case0's engine to run on a worker")
+    address, pid, engine = _wait_for(lambda: _running_engine(client, "-case0-"), "case0's engine to run on a worker")
+    work = Path(engine.cwd())  # the engine runs in its work folder
+    assert work.name.startswith("oneclickreg-elastix-"), work
     os.kill(pid, signal.SIGKILL)
     thread.join(timeout=600)
     assert not thread.is_alive() and "error" not in box, box
     outcomes = box["value"]
     assert not alive(pid)
+    # the killed worker's engine died with it, and the retry's run removed the folder it left
+    if shutil.which("setpriv"):
+        assert not alive(engine.pid)
+        assert not work.exists(), sorted(p.name for p in work.iterdir())
     assert [o.row["status"] for o in outcomes] == ["ok", "ok", "ok"], [o.row for o in outcomes]
     assert outcomes[0].where != address  # the retry ran on another (or a restarted) worker
     assert [r["status"] for r in _summary(out)] == ["ok", "ok", "ok"]
@@ -220,8 +228,8 @@ def test_a_pair_whose_worker_dies_twice_is_failed_and_the_others_finish(client, 
                                                         show_progress=False))
     killed = []
     for attempt in ("first", "second"):
-        address, pid = _wait_for(lambda: (found := _running_engine(client, "-case1-")) and found[0] not in
-                                 [k[0] for k in killed] and found, f"case1's {attempt} attempt to run")
+        address, pid, _ = _wait_for(lambda: (found := _running_engine(client, "-case1-")) and found[0] not in
+                                    [k[0] for k in killed] and found, f"case1's {attempt} attempt to run")
         os.kill(pid, signal.SIGKILL)
         killed.append((address, pid))
     thread.join(timeout=600)

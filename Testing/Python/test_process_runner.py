@@ -1,8 +1,13 @@
 """process_runner: streaming a child's lines, failures with the log tail, cancel/timeout of the whole
-process tree, and engine work folders."""
+process tree, and engine work folders (also when the owning process is killed outright)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -10,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from OneClickRegistrationLib.errors import CancelledError, EngineError, EngineTimeoutError
-from OneClickRegistrationLib.process_runner import engine_workdir, run_process
+from OneClickRegistrationLib.process_runner import engine_workdir, remove_orphaned_workdirs, run_process
 
 # Generous: only a machine under heavy load gets near it, and a passing run never waits for it.
 DEADLINE_S = 60.0
@@ -72,3 +77,59 @@ def test_workdir_is_removed_unless_kept() -> None:
         pass
     assert kept == [folder] and folder.exists()
     folder.rmdir()
+
+
+# A stand-in for a cluster worker: it opens an engine work folder, starts a long program through the runner,
+# says where both are, then waits for it.
+_OWNER = """
+import sys, time
+from OneClickRegistrationLib.process_runner import engine_workdir, run_process
+with engine_workdir("probe") as work:
+    (work / "data.txt").write_text("partial output")
+    run_process([sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(600)"],
+                name="long program", on_line=lambda line: print(work, line, flush=True))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("setpriv") is None,
+                    reason="the parent-death signal is Linux's (util-linux setpriv)")
+def test_a_process_killed_outright_leaves_no_program_running_and_its_folder_is_removed_next_time(
+        tmp_path: Path) -> None:
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "TMPDIR": str(temp)})
+    try:
+        work, program = owner.stdout.readline().split()  # the program has started
+        os.kill(owner.pid, signal.SIGKILL)  # no clean-up of its own can run
+        owner.wait(DEADLINE_S)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+        owner.stdout.close()
+    _wait_until(lambda: not _alive(int(program)), "the orphaned program's end")
+    assert Path(work).is_dir()  # nothing could remove it ...
+
+    alive_owner = temp / "oneclickreg-live-1"  # ... while a live owner's folder ...
+    alive_owner.mkdir()
+    (alive_owner / ".owner").write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    elsewhere = temp / "oneclickreg-other-host-1"  # ... another host's ...
+    elsewhere.mkdir()
+    (elsewhere / ".owner").write_text(f"not-{socket.gethostname()} {owner.pid}\n")
+    foreign = temp / "oneclickreg-no-owner-1"  # ... and one that names no owner stay
+    foreign.mkdir()
+    assert remove_orphaned_workdirs(temp) == [Path(work)]
+    assert sorted(p.name for p in temp.iterdir()) == sorted([alive_owner.name, elsewhere.name, foreign.name])
+
+
+def test_a_kept_folder_is_never_taken_for_an_orphan(tmp_path: Path) -> None:
+    # kept by a process that has ended since: the folder is the user's now, not a dead run's
+    keeper = ("from OneClickRegistrationLib.process_runner import engine_workdir\n"
+              "with engine_workdir('probe', keep_temp=True) as work:\n"
+              "    (work / 'elastix.log').write_text('log')\n"
+              "print(work)\n")
+    kept = Path(subprocess.run([sys.executable, "-c", keeper], capture_output=True, text=True, check=True,
+                               env={**os.environ, "TMPDIR": str(tmp_path)}).stdout.strip())
+    assert kept.parent == tmp_path and sorted(p.name for p in kept.iterdir()) == ["elastix.log"]
+    assert remove_orphaned_workdirs(tmp_path) == []
+    assert kept.is_dir()

@@ -175,15 +175,22 @@ def test_cancel_stops_the_child_and_its_engine_and_leaves_the_scene_as_it_was(sc
 def test_timeout_stops_the_child_and_leaves_the_scene_as_it_was(scene_with_pair):
     scene, fixed, moving = scene_with_pair
     before, folders = state(scene, moving), job_folders()
+    # Earlier tests in the same session may leave helpers of their own (multiprocessing's resource
+    # tracker after a local Dask cluster): only processes started by this run must be gone.
+    earlier = set(descendants(os.getpid()))
     with pytest.raises(EngineTimeoutError, match="did not finish in time"):
         registerNodes(fixed, moving, engine="elastix", jobTimeoutS=0.5)
     assert state(scene, moving) == before
     assert job_folders() == folders
+
+    def started_here() -> list[int]:
+        return [pid for pid in descendants(os.getpid()) if pid not in earlier and _alive(pid)]
+
     # The killed tree may take a moment to be reaped: wait for it (generous deadline), then insist.
     deadline = time.monotonic() + 10.0
-    while [pid for pid in descendants(os.getpid()) if _alive(pid)] and time.monotonic() < deadline:
+    while started_here() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert [pid for pid in descendants(os.getpid()) if _alive(pid)] == []  # (the listing's own ps has ended)
+    assert started_here() == []  # (the listing's own ps has ended)
 
 
 def broken_elastix(folder: Path) -> Path:
