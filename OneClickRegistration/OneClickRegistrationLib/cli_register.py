@@ -89,8 +89,10 @@ def register_files(
     The result's ``timings_s`` includes reading the files and writing the outputs.
     """
     times = StageTimes()
-    # The overlay's drawing library takes seconds to import; import it while the engine runs.
-    threading.Thread(target=_preload_drawing, name="preload-matplotlib", daemon=True).start()
+    # The overlay's drawing library takes seconds to import; import it while the engine runs. Not a
+    # daemon: a run that fails early must not exit with the import half done in C extension code,
+    # which can crash the interpreter's shutdown (seen once as a child ending with SIGSEGV).
+    threading.Thread(target=_preload_drawing, name="preload-matplotlib").start()
     options, fixed_info, moving_info = from_shortcuts(options, None, None, shortcuts)
     check_output_folder(outdir)  # before any work: not after a whole registration
     progress = options.progress
