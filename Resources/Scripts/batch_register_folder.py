@@ -15,6 +15,13 @@ same ``OUTPUT/summary.csv``, one row per case. A failing case is a row with its 
 goes on; cases whose outputs are complete are kept unless ``--force``. Exit status: 0 when every case
 succeeded, 1 when any failed, 2 for a usage error, 130 when interrupted.
 
+``--workers N`` registers N cases at a time on a local Dask cluster of N processes (they inherit the
+engines found here); ``--scheduler ADDRESS`` sends the cases to a running Dask cluster, whose workers
+need the core and the engines installed and the folders on a shared filesystem. Both need the
+``distributed`` package (``pip install "oneclick-registration[cluster]"``, or Slicer's
+``slicer.util.pip_install("distributed")``). ``--threads T`` sets the threads per case (default: the
+cores shared among the cases running at a time).
+
 Inside Slicer the engines Slicer extensions bundle (SlicerElastix, SlicerANTs, BRAINSFit) are used;
 outside Slicer (any Python with the core installed, as the tests run it) those on the machine are.
 """
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,6 +70,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--fixed-modality", default=None, help="T1, T2, FLAIR, CT or MR (default: detect)")
     parser.add_argument("--moving-modality", default=None, help="T1, T2, FLAIR, CT or MR (default: detect)")
     parser.add_argument("--force", action="store_true", help="register again cases whose outputs are complete")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N", help="register N cases at a time on a local Dask cluster")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="register the cases on the Dask scheduler at ADDRESS")
+    parser.add_argument("--threads", type=int, metavar="T", help="threads per case (default: cores shared)")
     return parser.parse_args([a for a in argv if a != "--"])
 
 
@@ -90,9 +102,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     modalities = {"fixed_modality": args.fixed_modality, "moving_modality": args.moving_modality}
     pairs = [replace(p, **{k: v for k, v in modalities.items() if v}) for p in pairs]
     configure_slicer_engines()
-    options = RegistrationOptions(engine=args.engine, transform=args.transform)
     try:
-        outcomes = register_batch(pairs, args.output, options=options, force=args.force)
+        options = RegistrationOptions(engine=args.engine, transform=args.transform, threads=args.threads)
+        if args.workers is None and args.scheduler is None:
+            where = nullcontext(None)
+        else:
+            from OneClickRegistrationLib.batch_cluster import cluster_client
+
+            where = cluster_client(workers=args.workers, scheduler=args.scheduler)
+        with where as client:
+            outcomes = register_batch(pairs, args.output, options=options, force=args.force, client=client)
+    except OneClickError as error:  # a bad thread count, no distributed package, no scheduler there
+        print(f"batch_register_folder: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"batch_register_folder: interrupted; summary in {args.output / SUMMARY_FILE}", file=sys.stderr)
         return 130

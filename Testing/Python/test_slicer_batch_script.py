@@ -92,3 +92,28 @@ def test_pairs_csv_and_usage_errors(batch, cases, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert batch.main([str(empty), str(out)]) == 2
+
+
+@pytest.mark.engine
+def test_the_cases_run_on_a_local_cluster_with_the_same_summary(batch, cases, pair, tmp_path):
+    pytest.importorskip("distributed")
+    here, there = tmp_path / "here", tmp_path / "there"
+    assert batch.main([str(cases), str(here), "--engine", "simpleitk"]) == 1
+    assert batch.main([str(cases), str(there), "--engine", "simpleitk", "--workers", "2", "--threads", "1"]) == 1
+    in_process, on_cluster = read_rows(here / "summary.csv"), read_rows(there / "summary.csv")
+    assert list(on_cluster) == list(in_process) == ["case01", "case02", "case03"]
+    for name, row in on_cluster.items():
+        assert (row["status"], row["verdict"], row["engine"]) == (
+            in_process[name]["status"], in_process[name]["verdict"], in_process[name]["engine"]), name
+    transform = sitk.ReadTransform(str(there / "case01" / "transform.tfm"))
+    assert synthetic.target_registration_error(transform, pair.truth, pair.brain_points).max() < 3.0
+
+
+def test_cluster_usage_errors_are_one_line_and_exit_2(batch, cases, tmp_path, capsys):
+    pytest.importorskip("distributed")
+    out = tmp_path / "out"
+    assert batch.main([str(cases), str(out), "--workers", "0"]) == 2
+    assert "at least 1; received 0" in capsys.readouterr().err
+    assert batch.main([str(cases), str(out), "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    assert batch.main([str(cases), str(out), "--threads", "0"]) == 2
+    assert "threads must be a whole number of at least 1" in capsys.readouterr().err
