@@ -57,8 +57,10 @@ class Attempt:
 
 
 def score_on(pair: PreparedPair, transform: sitk.Transform | None, metric: str) -> ScoreResult:
-    """The pair's score through ``transform`` (None: as the headers place them), on the fixed head."""
-    return score(pair.fixed, pair.moving, transform=transform, metric=metric, fixed_mask=pair.fixed_head)
+    """The pair's score through ``transform`` (None: as the headers place them), on the fixed head
+    (sampled on the pair's statistics grid)."""
+    fixed, head = pair.statistics_grid
+    return score(fixed, pair.moving, transform=transform, metric=metric, fixed_mask=head)
 
 
 def assess(

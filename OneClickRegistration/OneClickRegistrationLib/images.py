@@ -295,11 +295,22 @@ def _write_atomic(final: str | os.PathLike[str], writer: Callable[[str], None],
 
 def _verify_image(image: sitk.Image, path: str) -> None:
     # ITK's NIfTI writer and its transform writers print a message and return normally when the disk
-    # fills up (measured on /dev/full), leaving a truncated file: read it back before renaming it.
-    written = sitk.ReadImage(path)
+    # fills up (measured on /dev/full), leaving a truncated file: read it back before renaming it. The
+    # header and the last slice prove the file whole (its end is what a full disk cuts off) without a
+    # second copy of the whole volume in memory (0.3 GB for a 0.5 mm head CT).
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()
+    size = list(reader.GetSize())
+    reader.SetExtractIndex([0] * (len(size) - 1) + [max(0, size[-1] - 1)])
+    reader.SetExtractSize([*size[:-1], min(1, size[-1])])
+    reader.Execute()
+    written = reader
     if (written.GetSize() != image.GetSize()
-            or written.GetNumberOfComponentsPerPixel() != image.GetNumberOfComponentsPerPixel()):
-        raise RuntimeError(f"the written file reads back as {describe(written)}, not {describe(image)}")
+            or written.GetNumberOfComponents() != image.GetNumberOfComponentsPerPixel()):
+        raise RuntimeError(
+            f"the written file reads back as {'x'.join(str(n) for n in written.GetSize())} voxels of "
+            f"{written.GetNumberOfComponents()} component(s), not {describe(image)}")
     # Some formats store less than an image holds: NIfTI silently makes a direction matrix orthogonal
     # and keeps the header in float32.
     origin = np.asarray(image.GetOrigin(), dtype=float)

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from .masks import shrink_mask
+
 SEARCH_SPACING_MM = 6.0
 MAX_POINTS = 1500
 ROTATION_STEP_DEG = 45.0
@@ -76,18 +78,27 @@ class _Problem:
     metric: str
 
 
+def block_factors(image: sitk.Image, spacing_mm: float) -> list[int]:
+    """Per axis, how many voxels a block of about ``spacing_mm`` spans (never leaving fewer than 4)."""
+    return [max(1, min(n // 4, int(spacing_mm // s))) for n, s in zip(image.GetSize(), image.GetSpacing())]
+
+
 def block_average(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     """``image`` averaged over blocks of about ``spacing_mm`` (per axis, never fewer than 4 voxels)."""
-    factors = [max(1, min(n // 4, int(spacing_mm // s))) for n, s in zip(image.GetSize(), image.GetSpacing())]
+    factors = block_factors(image, spacing_mm)
+    source = image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
     if all(f == 1 for f in factors):
-        return sitk.Cast(image, sitk.sitkFloat32)
-    return sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), factors)
+        return source
+    return sitk.BinShrink(source, factors)
 
 
 def _problem(fixed: sitk.Image, fixed_head: sitk.Image, moving: sitk.Image, metric: str,
              spacing_mm: float) -> _Problem | None:
     coarse = block_average(fixed, spacing_mm)
-    head = sitk.GetArrayViewFromImage(block_average(fixed_head, spacing_mm)) >= 0.5
+    # Blocks at least half inside the head (a mean of 0.5 or more), counted without a float copy. The
+    # image is kept while its array view is read: a view of a temporary image reads freed memory.
+    coarse_head = shrink_mask(fixed_head, block_factors(fixed_head, spacing_mm))
+    head = sitk.GetArrayViewFromImage(coarse_head) > 0
     zyx = np.argwhere(head)
     if len(zyx) < 50:
         return None

@@ -25,7 +25,7 @@ from .images import check_registrable
 from .metrics import ScoreResult
 from .modality import ModalityEvidence, detect_modality, metadata_from_image
 from .options import ImageInfo, RegistrationOptions, from_shortcuts
-from .preparation import PreparedPair, check_pyramid, initial_alignment, prepare_pair
+from .preparation import check_pyramid, initial_alignment, prepare_pair
 from .presets import Preset, preset_for
 from .recovery import recover
 from .stage_times import StageTimes
@@ -263,8 +263,9 @@ def register(
             notes.append(f"Recovery kept a better candidate: {attempts[kept].engine} from {attempts[kept].start}.")
     raise_if_cancelled(options.cancel)
     report(0.95, "Resampling the moving image")
+    del pair  # its full-size float copies and masks are done with: not beside the registered volume
     result = _result(
-        moving, fixed, pair, attempts[kept], score_before=score_before, preset=preset,
+        moving, fixed, attempts[kept], score_before=score_before, preset=preset,
         evidence=(fixed_ev, moving_ev), infos=(fixed_info, moving_info), started=start,
         attempts=tuple(attempts), notes=tuple(notes), timings=times,
     )
@@ -302,7 +303,7 @@ def judge_transform(
                                 score_after=after)
     given = Attempt(engine="none", start="given transform", transform=transform, score=after, verdict=verdict)
     return _result(
-        moving, fixed, pair, given, score_before=score_before, preset=preset,
+        moving, fixed, given, score_before=score_before, preset=preset,
         evidence=(fixed_ev, moving_ev), infos=(fixed_info, moving_info), started=start,
         attempts=(), notes=pair.notes, timings=times,
     )
@@ -325,7 +326,6 @@ def _best(attempts: list[Attempt]) -> int:
 def _result(
     moving: sitk.Image,
     fixed: sitk.Image,
-    pair: PreparedPair,
     kept: Attempt,
     *,
     score_before: ScoreResult,

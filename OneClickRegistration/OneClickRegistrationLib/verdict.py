@@ -24,8 +24,9 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 
+from .masks import shrink_mask
 from .metrics import ScoreResult, score
-from .preparation import PreparedPair
+from .preparation import STATISTICS_SPACING_MM, PreparedPair
 from .transforms import compose
 
 Label = Literal["good", "questionable", "failed"]
@@ -84,9 +85,7 @@ def coarse_fixed(pair: PreparedPair, spacing_mm: float) -> tuple[sitk.Image, sit
                for n, s in zip(fixed.GetSize(), fixed.GetSpacing())]
     if all(f == 1 for f in factors):
         return pair.fixed, pair.fixed_head
-    coarse = sitk.BinShrink(pair.fixed, factors)
-    head = sitk.BinaryThreshold(sitk.BinShrink(sitk.Cast(pair.fixed_head, sitk.sitkFloat32), factors), 0.5, 2.0, 1, 0)
-    return coarse, head
+    return sitk.BinShrink(pair.fixed, factors), shrink_mask(pair.fixed_head, factors)
 
 
 def _perturbations(center: tuple[float, float, float], mm: float, deg: float) -> list[sitk.Euler3DTransform]:
@@ -186,13 +185,17 @@ class HeadAgreement:
 
 def head_agreement(pair: PreparedPair, transform: sitk.Transform,
                    thresholds: VerdictThresholds = THRESHOLDS) -> HeadAgreement:
-    """Dice of the two head masks inside the domain intersection, and containment for brain-only images."""
-    fixed_head = sitk.GetArrayViewFromImage(pair.fixed_head) > 0
+    """Dice of the two head masks inside the domain intersection, and containment for brain-only images.
+
+    Counted on the pair's statistics grid (every k-th fixed voxel, as the scores are).
+    """
+    _, fixed_grid_head = pair.statistics_grid
+    fixed_head = sitk.GetArrayViewFromImage(fixed_grid_head) > 0
     # One resampling gives both: voxels outside the moving domain get OUTSIDE, a value no mask has.
     outside = 2
     moving_01 = sitk.Cast(sitk.NotEqual(pair.moving_head, 0), sitk.sitkUInt8)
     moved = sitk.GetArrayFromImage(
-        sitk.Resample(moving_01, pair.fixed_head, transform, sitk.sitkNearestNeighbor, outside, sitk.sitkUInt8)
+        sitk.Resample(moving_01, fixed_grid_head, transform, sitk.sitkNearestNeighbor, outside, sitk.sitkUInt8)
     )
     domain = moved != outside
     moving_head = moved == 1
@@ -225,16 +228,24 @@ def comparable_gain(pair: PreparedPair, transform: sitk.Transform, metric: str) 
     voxels of any image on the same grid, so the start and the result are both interpolated. (A
     trilinear sample at the centre of a 2x2x2 block is that block's mean, so an image against itself
     still scores as a perfect match.) Scoring the start on the original grid, without interpolation,
-    made an image registered to itself look worse than where it started.
+    made an image registered to itself look worse than where it started. Axes finer than half of
+    :data:`~.preparation.STATISTICS_SPACING_MM` are averaged by a larger even factor (block centres
+    still fall between voxels), so a 0.5 mm CT costs what a 1 mm one does.
     """
-    factors = [2 if n >= 8 else 1 for n in pair.fixed.GetSize()]
+    factors = [_even_factor(n, s) for n, s in zip(pair.fixed.GetSize(), pair.fixed.GetSpacing())]
     fixed = sitk.BinShrink(pair.fixed, factors)
-    head = sitk.BinaryThreshold(sitk.BinShrink(sitk.Cast(pair.fixed_head, sitk.sitkFloat32), factors), 0.5, 2.0, 1, 0)
+    head = shrink_mask(pair.fixed_head, factors)
     before = score(fixed, pair.moving, transform=sitk.Euler3DTransform(), metric=metric, fixed_mask=head)
     after = score(fixed, pair.moving, transform=transform, metric=metric, fixed_mask=head)
     if not (before.ok and after.ok and before.value is not None and after.value is not None):
         return None
     return before.value, after.value
+
+
+def _even_factor(size: int, spacing: float) -> int:
+    if size < 8:
+        return 1
+    return 2 * max(1, min(int(STATISTICS_SPACING_MM // (2.0 * spacing)), size // 8))
 
 
 def judge(

@@ -182,3 +182,42 @@ def test_overlap_mask_is_the_fixed_head_inside_a_slab_and_none_for_a_whole_head(
     # the same slab moved out of the head leaves nothing better to offer than the whole image
     away = sitk.TranslationTransform(3, (0.0, 0.0, 400.0))
     assert overlap_mask(fixed_head, slab, away) is None
+
+
+@pytest.mark.parametrize("factors", [(2, 2, 2), (3, 3, 1), (4, 4, 4), (6, 6, 6), (5, 3, 2)])
+@pytest.mark.parametrize("share", [0.5, 0.25])
+def test_shrunk_mask_keeps_the_blocks_with_at_least_the_share_inside(factors, share):
+    from OneClickRegistrationLib.masks import shrink_mask
+
+    fx, fy, fz = factors
+    rng = np.random.default_rng(sum(factors))
+    nz, ny, nx = 5, 4, 3  # whole blocks, plus a ragged edge that BinShrink leaves out
+    block_voxels = fx * fy * fz
+    # every count from empty to full, the exact ties (share * voxels) included
+    counts = rng.permutation(np.resize(np.arange(block_voxels + 1), nz * ny * nx)).reshape(nz, ny, nx)
+    values = np.zeros((nz * fz + (fz > 1), ny * fy + (fy > 1), nx * fx + (fx > 1)), np.uint8)
+    for (z, y, x), count in np.ndenumerate(counts):
+        block = np.zeros(block_voxels, np.uint8)
+        block[rng.permutation(block_voxels)[:count]] = 1
+        values[z * fz:(z + 1) * fz, y * fy:(y + 1) * fy, x * fx:(x + 1) * fx] = block.reshape(fz, fy, fx)
+    mask = sitk.GetImageFromArray(values)
+    mask.SetSpacing((0.5, 0.7, 1.5))
+    mask.SetOrigin((3.0, -2.0, 7.0))
+    mask.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))
+    shrunk = shrink_mask(mask, factors, share=share)
+    reference = sitk.BinShrink(sitk.Cast(mask, sitk.sitkFloat32), factors)
+    assert shrunk.GetPixelID() == sitk.sitkUInt8
+    assert shrunk.GetSize() == reference.GetSize() and shrunk.GetSpacing() == reference.GetSpacing()
+    assert shrunk.GetOrigin() == reference.GetOrigin() and shrunk.GetDirection() == reference.GetDirection()
+    assert np.array_equal(sitk.GetArrayFromImage(shrunk), (counts >= share * block_voxels).astype(np.uint8))
+
+
+def test_of_equal_components_the_first_in_raster_order_is_kept():
+    from OneClickRegistrationLib.masks import _largest_component
+
+    values = np.zeros((20, 10, 10), np.uint8)
+    values[12:16, 2:6, 2:6] = 1  # the same size, later in raster order (z is numpy's first axis)
+    values[2:6, 4:8, 4:8] = 1
+    values[8, 0, 0] = 1  # a speck
+    kept = sitk.GetArrayFromImage(_largest_component(sitk.GetImageFromArray(values)))
+    assert kept.sum() == 64 and kept[2:6, 4:8, 4:8].all()

@@ -8,7 +8,16 @@ import SimpleITK as sitk
 
 from OneClickRegistrationLib import pipeline, synthetic
 from OneClickRegistrationLib.engines import get_engine
-from OneClickRegistrationLib.preparation import engine_request, engine_result, initial_alignment, prepare_pair
+from OneClickRegistrationLib.modality import Modality
+from OneClickRegistrationLib.preparation import (
+    engine_request,
+    engine_result,
+    initial_alignment,
+    mask_centroid,
+    prepare_intensities,
+    prepare_pair,
+    statistics_strides,
+)
 from OneClickRegistrationLib.presets import preset_for
 
 
@@ -63,3 +72,55 @@ def test_ct_fixed_and_an_mr_slab_register_without_recovery(ct_and_mr_slab, engin
     error = synthetic.target_registration_error(result.transform, pair.truth, pair.brain_points[:500]).mean()
     assert error < 2.0
     assert result.verdict.label == "good"
+
+
+def test_the_moments_start_is_itks_moments_initializer(t1_ct_pair):
+    pair = t1_ct_pair
+    prepared = prepare_pair(pair.fixed, pair.moving, preset_for("T1", "CT"))
+    start = initial_alignment(prepared, "moments", search=False)
+    itk = sitk.Euler3DTransform(sitk.CenteredTransformInitializer(
+        sitk.Cast(prepared.fixed_head, sitk.sitkFloat32), sitk.Cast(prepared.moving_head, sitk.sitkFloat32),
+        sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS))
+    assert np.allclose(start.GetCenter(), itk.GetCenter(), atol=1e-6)
+    assert np.allclose(start.GetParameters(), itk.GetParameters(), atol=1e-6)
+    assert mask_centroid(sitk.Image([8, 8, 8], sitk.sitkUInt8)) is None
+
+
+@pytest.mark.parametrize("pixel_type", [sitk.sitkInt16, sitk.sitkUInt8, sitk.sitkFloat64])
+@pytest.mark.parametrize("modality", [Modality.CT, Modality.T1])
+def test_intensities_are_those_of_a_conversion_first(pixel_type, modality):
+    rng = np.random.default_rng(4)
+    values = rng.integers(0 if pixel_type == sitk.sitkUInt8 else -1000, 255 if pixel_type == sitk.sitkUInt8
+                          else 2000, size=(12, 14, 16))
+    image = sitk.Cast(sitk.GetImageFromArray(values.astype(np.float64)), pixel_type)
+    prepared = prepare_intensities(image, modality, (-100.0, 150.0), (0.01, 0.99), role="fixed", notes=[])
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    if modality is Modality.CT:
+        expected = np.clip(array, -100.0, 150.0)
+    else:
+        step = max(1, array.size // 200_000)
+        low, high = np.quantile(sitk.GetArrayFromImage(image).ravel()[::step], (0.01, 0.99))
+        expected = np.clip(array, np.float32(low), np.float32(high))
+    assert prepared.GetPixelID() == sitk.sitkFloat32
+    assert np.array_equal(sitk.GetArrayFromImage(prepared), expected)
+    assert np.array_equal(sitk.GetArrayFromImage(image), values.astype(sitk.GetArrayFromImage(image).dtype))
+
+
+def test_statistics_sample_fixed_voxels_of_about_two_millimetres(t1_ct_pair):
+    fine = sitk.Image([100, 90, 40], sitk.sitkFloat32)
+    fine.SetSpacing((0.5, 1.0, 3.0))
+    assert statistics_strides(fine) == [4, 2, 1]
+    prepared = prepare_pair(t1_ct_pair.fixed, t1_ct_pair.moving, preset_for("T1", "CT"))
+    assert prepared.statistics_grid == (prepared.fixed, prepared.fixed_head)  # 2.5 mm voxels: all of them
+    resampled = sitk.Resample(prepared.fixed, fine, sitk.Euler3DTransform(), sitk.sitkLinear, 0.0)
+    head = sitk.Cast(resampled > 0, sitk.sitkUInt8)
+    sampled = prepare_pair(resampled, resampled, preset_for("T1", "T1"), fixed_mask=head,
+                           moving_mask=head).statistics_grid
+    values, mask = (sitk.GetArrayFromImage(image) for image in sampled)
+    assert np.array_equal(values, sitk.GetArrayFromImage(prepare_pair(
+        resampled, resampled, preset_for("T1", "T1"), fixed_mask=head, moving_mask=head).fixed)[:, ::2, ::4])
+    assert np.array_equal(mask, sitk.GetArrayFromImage(head)[:, ::2, ::4])
+    for index in ((0, 0, 0), (3, 5, 7)):
+        coarse_point = sampled[0].TransformIndexToPhysicalPoint(index)
+        fine_point = resampled.TransformIndexToPhysicalPoint((4 * index[0], 2 * index[1], index[2]))
+        assert np.allclose(coarse_point, fine_point, atol=1e-9)
