@@ -16,8 +16,9 @@ CT 0.5x0.5x2.5 mm 512x512x88) with known misalignments, so each side's error is 
 large case is a 0.5 mm CT of 512x512x300 with a 1 mm T1. Our per-stage breakdown (report.json's
 ``timings_s``) is printed per case. Load average is recorded with the figures: rely on ratios.
 
-Run: ``python Testing/Benchmarks/bench_speed.py --peers DIR [--quick]``; writes
-``results/bench_speed.json`` (``--quick``, two cases on grids coarsened twofold, writes nothing).
+Run: ``python Testing/Benchmarks/bench_speed.py --peers DIR [--quick] [--case MOVING->FIXED ...]``;
+writes ``results/bench_speed.json`` (``--quick``, two cases on grids coarsened twofold, and ``--case``,
+the named cases only, write nothing).
 """
 
 from __future__ import annotations
@@ -143,12 +144,23 @@ def run_peer(folder: Path, parameters: Path, elastix: str) -> tuple[ProcessRun, 
     return run, transform_from_parameter_file(out / "TransformParameters.0.txt", rigid=True)
 
 
+def _parse_case(text: str, parser: argparse.ArgumentParser) -> tuple[str, str]:
+    """``MOVING->FIXED`` (as the table prints a case) as (fixed grid, moving grid)."""
+    moving, _, fixed = text.partition("->")
+    if moving not in GRIDS or fixed not in GRIDS:
+        parser.error(f"--case expects MOVING->FIXED with grids among {', '.join(GRIDS)}; received {text!r}")
+    return fixed, moving
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="two cases on grids coarsened twofold, no large case (while developing)")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--no-large", action="store_true", help="skip the large CT case")
+    parser.add_argument("--case", action="append", default=None, metavar="MOVING->FIXED",
+                        help="run only this case (repeatable), e.g. T2->T1 or T1->CT_LARGE; grids: "
+                             + ", ".join(GRIDS) + "; writes no results file")
     bc.add_peers_option(parser)
     args = parser.parse_args(argv)
     parameters = bc.locate_peer(PEER_PARAMETER_FILE, PEER, args.peers)
@@ -156,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = list(QUICK_CASES if args.quick else CASES)
     if not (args.quick or args.no_large):
         cases.append(LARGE_CASE)
+    if args.case:
+        cases = [_parse_case(text, parser) for text in args.case]
     scale = 2.0 if args.quick else 1.0
     load_before = os.getloadavg()
     rows: list[dict[str, object]] = []
@@ -208,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     bc.print_table(stage_rows, ["case", *STAGES])
     ratios = [float(r["ratio"]) for r in regular if "ratio" in r]  # type: ignore[arg-type]
     summary = {
-        "median_ours_s": statistics.median(float(r["ours_s"]) for r in regular),  # type: ignore[arg-type]
+        "median_ours_s": statistics.median(float(r["ours_s"]) for r in regular) if regular else None,  # type: ignore[arg-type]
         "median_ratio": statistics.median(ratios) if ratios else None,
         "load_average_before": [round(v, 1) for v in load_before],
         "load_average_after": [round(v, 1) for v in os.getloadavg()],
@@ -219,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         summary["large_case_s"] = large[0]["ours_s"]
         summary["large_case_peak_mb"] = large[0]["ours_peak_mb"]
     print("\n" + "  ".join(f"{k}={v}" for k, v in summary.items()))
-    if args.quick:  # a development check: its figures are not kept
+    if args.quick or args.case:  # a development check: its figures are not kept
         return 0
     path = bc.write_json("bench_speed", {"peer_parameters": parameters.name, "summary": summary, "cases": rows})
     print(f"Results written to {path}")
