@@ -221,3 +221,30 @@ def test_of_equal_components_the_first_in_raster_order_is_kept():
     values[8, 0, 0] = 1  # a speck
     kept = sitk.GetArrayFromImage(_largest_component(sitk.GetImageFromArray(values)))
     assert kept.sum() == 64 and kept[2:6, 4:8, 4:8].all()
+
+
+@pytest.mark.parametrize("shift_mm", [0.0, 8.0, 30.0, 90.0])
+def test_overlap_mask_is_the_voxel_count_rule_whatever_the_shift(shift_mm):
+    from OneClickRegistrationLib.masks import OVERLAP_MARGIN_MM, WHOLE_OVERLAP_SHARE, overlap_mask
+
+    subject = synthetic.make_subject(resolution_mm=2.5)
+    center = subject.head_center
+    fixed = synthetic.render("T1", synthetic.typical_grid("T1", center, coarsen=COARSEN), resolution_mm=2.5)
+    fixed_head = head_mask(fixed, modality="T1")
+    moving = synthetic.render("CT", synthetic.typical_grid("CT", center, coarsen=COARSEN), resolution_mm=2.5)
+    transform = sitk.Euler3DTransform(center, 0.05, -0.03, 0.1, (shift_mm, -0.5 * shift_mm, 0.3 * shift_mm))
+    # The rule voxel by voxel: the moving grid less the margin, mapped onto the fixed grid.
+    size = moving.GetSize()
+    border = [min(round(OVERLAP_MARGIN_MM / s), (n - 1) // 2) for n, s in zip(size, moving.GetSpacing())]
+    inner = np.zeros(size[::-1], np.uint8)
+    inner[border[2]:size[2] - border[2], border[1]:size[1] - border[1], border[0]:size[0] - border[0]] = 1
+    domain = sitk.GetImageFromArray(inner)
+    domain.CopyInformation(moving)
+    mapped = sitk.GetArrayFromImage(sitk.Resample(domain, fixed, transform, sitk.sitkNearestNeighbor, 0)) > 0
+    head = sitk.GetArrayFromImage(fixed_head) > 0
+    inside = head & mapped
+    found = overlap_mask(fixed_head, moving, transform)
+    if inside.sum() == 0 or inside.sum() >= WHOLE_OVERLAP_SHARE * head.sum():
+        assert found is None
+    else:
+        assert found is not None and np.array_equal(sitk.GetArrayFromImage(found) > 0, inside)
