@@ -183,16 +183,13 @@ def test_a_user_mask_on_another_grid_is_refused_with_both_grids(t1_t2_pair: synt
 
 
 # The affine path through the whole pipeline (rigid truth: the affine result must still find it).
-# Measured: elastix 0.179 mm (0.30 with the canary); SimpleITK 7.1 mm and "questionable".
-AFFINE_TOLERANCE_MM = {"elastix": 0.23, "simpleitk": 0.23}
+# Measured: elastix 0.179 mm (0.30 with the canary); SimpleITK 0.288 mm with 1, 2 or 3 threads (the
+# 12 parameters of an affine on 2.5 mm voxels; its rigid run on the same pair: 0.126 mm).
+AFFINE_TOLERANCE_MM = {"elastix": 0.23, "simpleitk": 0.4}
 
 
 @pytest.mark.engine
-@pytest.mark.parametrize("engine", [
-    "elastix",
-    pytest.param("simpleitk", marks=pytest.mark.xfail(
-        strict=True, reason="the SimpleITK engine's affine run ends 7.1 mm off on this pair (questionable)")),
-])
+@pytest.mark.parametrize("engine", ["elastix", "simpleitk"])
 def test_the_affine_path_registers_accurately(t1_t2_pair: synthetic.SyntheticPair, engine: str) -> None:
     pair = t1_t2_pair
     result = register(pair.fixed, pair.moving, fixed_modality="T1", moving_modality="T2", engine=engine,
