@@ -213,13 +213,13 @@ def test_shrunk_mask_keeps_the_blocks_with_at_least_the_share_inside(factors, sh
 
 
 def test_of_equal_components_the_first_in_raster_order_is_kept():
-    from OneClickRegistrationLib.masks import _largest_component
+    from OneClickRegistrationLib.masks import _largest_label
 
     values = np.zeros((20, 10, 10), np.uint8)
     values[12:16, 2:6, 2:6] = 1  # the same size, later in raster order (z is numpy's first axis)
     values[2:6, 4:8, 4:8] = 1
     values[8, 0, 0] = 1  # a speck
-    kept = sitk.GetArrayFromImage(_largest_component(sitk.GetImageFromArray(values)))
+    kept = sitk.GetArrayFromImage(_largest_label(sitk.ConnectedComponent(sitk.GetImageFromArray(values), False)))
     assert kept.sum() == 64 and kept[2:6, 4:8, 4:8].all()
 
 
