@@ -61,6 +61,7 @@ CONFIDENT = 0.6
 STEADY_SHARE = 0.7  # the second fit keeps this share of the voxels, those with the gentlest gradient
 T1_MAX_GREY_WHITE_RATIO = 0.83  # T1 grey/white medians measured 0.64-0.78; FLAIR read as T1 0.86-0.89
 
+_CONTRASTS = ("T1", "T2", "FLAIR")
 # Where the white matter sits in the intensity order (0 darkest .. 2 brightest) -> the contrast,
 # and the roles of the three classes from darkest to brightest.
 # Contrasts are plain names ("T1", "T2", "FLAIR", "MR"): the caller maps them to its Modality.
@@ -105,7 +106,6 @@ class ContrastReading:
     margin: float
     classes: tuple[TissueClass, ...]
     detail: str
-    looks_like_brain: bool = True  # the classes passed the checks that the image is a brain
 
 
 def _working_copy(image: sitk.Image) -> sitk.Image:
@@ -323,8 +323,8 @@ def read_contrast(image: sitk.Image) -> ContrastReading | None:
     steady = _steady(values, region, small.GetSpacing()[::-1])
     thresholds = _fit_thresholds(values[region])
     whole = _reading(values, region, depth, steady, thresholds, fitted="all voxels")
-    if whole is None or not whole.looks_like_brain:
-        return whole  # whether the image is a brain at all is judged on all its voxels
+    if whole is None or whole.leaning not in _CONTRASTS:
+        return whole  # one class dominates: not three tissues
     refit = _refit_grey_white(values, steady, thresholds, whole.leaning)
     sharp = None if refit is None else _reading(values, region, depth, steady, refit,
                                                 fitted="voxels away from tissue borders")
@@ -346,8 +346,7 @@ def _reading(values: np.ndarray, region: np.ndarray, depth: np.ndarray | None, s
     if len(ranked) < 2:
         plain = "; ".join(c.describe() for c in classes)
         return ContrastReading("MR", "MR", 0.45, 0.0, tuple(classes),
-                               f"one intensity class dominates the head ({plain}): not a brain's three tissues",
-                               looks_like_brain=False)
+                               f"one intensity class dominates the head ({plain}): not a brain's three tissues")
     white = ranked[0]
     margin = _white_matter_score(classes[white]) - _white_matter_score(classes[ranked[1]])
     leaning, roles = _ROLES[white]
@@ -357,7 +356,7 @@ def _reading(values: np.ndarray, region: np.ndarray, depth: np.ndarray | None, s
     if failed:
         return ContrastReading("MR", leaning, 0.45, margin, tuple(named),
                                f"tissue classes fitted on {fitted} do not look like a brain "
-                               f"({'; '.join(failed)}): {evidence}", looks_like_brain=False)
+                               f"({'; '.join(failed)}): {evidence}")
     confidence = 0.5 + 0.45 * min(1.0, max(0.0, margin) / FULL_MARGIN)
     roles = {c.role: c for c in named}
     close = roles["grey matter"].median / max(1e-12, roles["white matter"].median)
