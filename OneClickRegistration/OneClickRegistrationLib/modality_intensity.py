@@ -8,7 +8,8 @@ brightness: it lies deeper inside the head than the cortex, and it forms thick r
 cortex is a folded ribbon a few millimetres thick. Where the white matter sits in the intensity
 order names the contrast: brightest class -> T1, darkest -> T2, middle -> FLAIR.
 
-Steps (on a copy of about 3 mm, so a 1 mm head takes a fraction of a second):
+Steps (on a copy of about 3 mm on every grid, so a 1 mm head takes a fraction of a second and the
+shape limits below mean the same on 1 mm and 2 mm grids):
 
 1. Head mask: voxels above 10 % of the 99th percentile, largest connected part, holes filled.
 2. Inside it, only voxels at least ``RIM_MM`` from the head's outline, which leaves the scalp
@@ -20,10 +21,16 @@ Steps (on a copy of about 3 mm, so a 1 mm head takes a fraction of a second):
    leaves one class with almost everything (a small grey/white contrast next to CSF's large one),
    two classes are split first and the larger one is split again.
 4. Per class: share of the voxels, median, spread, median depth from the head's outline and
-   compactness (share of its voxels whose six neighbours are in the same class).
+   compactness (share of its voxels whose six neighbours are in the same class), the last two
+   also over the class's *steady* voxels only: the ``STEADY_SHARE`` of the region with the
+   gentlest intensity gradient. At 3 mm a voxel on a tissue border is a mixture, and in a FLAIR
+   the mixture of dark CSF and bright cortex takes white matter's grey level: the white-matter
+   class then holds a thin, shallow shell along every sulcus and loses to grey matter on shape.
+   Steady voxels are mostly pure tissue.
 5. White matter = the class (holding >= 15 % of the voxels) with the highest
-   ``depth / DEPTH_UNIT_MM + compactness / COMPACTNESS_UNIT``; the lead over the next class is the
-   margin. The other two classes are named by the contrast this implies.
+   ``depth / DEPTH_UNIT_MM + compactness / COMPACTNESS_UNIT`` over its steady voxels; the lead
+   over the next class is the margin. The other two classes are named by the contrast this
+   implies.
 6. Checks that the image is a brain at all: the grey matter and CSF classes must be folded
    (compactness at most ``MAX_GM_COMPACTNESS``/``MAX_CSF_COMPACTNESS``), CSF at most
    ``MAX_CSF_SHARE`` of the voxels, grey and white matter ``MIN_WM_GM_SEPARATION`` spreads apart,
@@ -34,6 +41,11 @@ Steps (on a copy of about 3 mm, so a 1 mm head takes a fraction of a second):
    contrast is larger: two classes that close may be a FLAIR). Below ``CONFIDENT`` (0.6) the
    contrast is only a leaning and the answer is a generic MR, which selects the safe
    cross-modality preset.
+8. Steps 4-7 once more with the grey/white threshold fitted again on the steady voxels alone
+   (the CSF threshold stays: CSF against tissue is a large contrast, and a cropped or stripped
+   brain has little CSF away from borders). The mixtures no longer pull that threshold into the
+   white-matter peak. The answer is the more confident of the two readings that decide; if they
+   decide on different contrasts, a generic MR.
 """
 
 from __future__ import annotations
