@@ -18,6 +18,7 @@ from OneClickRegistrationLib.errors import InputError
 from OneClickRegistrationLib.modality import (
     Modality,
     ModalityEvidence,
+    _name_text,
     detect_modality,
     metadata_from_file,
     metadata_from_image,
@@ -125,7 +126,8 @@ def test_any_name_gives_valid_evidence(name):
     evidence = detect_modality(name=name)
     # A name alone either decides, saying which words did, or leaves the low-confidence default.
     if evidence.source == "name":
-        assert evidence.confidence >= 0.4 and f"name '{name}'" in evidence.detail
+        # The detail quotes the name as read: stripped of surrounding blanks, folders and suffix.
+        assert evidence.confidence >= 0.4 and f"name '{_name_text(name)}'" in evidence.detail
     else:
         assert (evidence.source, evidence.modality, evidence.confidence) == ("default", Modality.MR, 0.1)
     assert detect_modality(name=name) == evidence  # the same name always gives the same answer
