@@ -70,7 +70,7 @@ MAX_CSF_SHARE = 0.4
 MIN_WM_GM_SEPARATION = 1.5
 MIN_CSF_GAP = 0.15
 CONFIDENT = 0.6
-STEADY_SHARE = 0.7  # the second fit keeps this share of the voxels, those with the gentlest gradient
+STEADY_SHARE = 0.7  # share of the region taken as steady (gentlest gradient): shapes and the refit use these
 T1_MAX_GREY_WHITE_RATIO = 0.83  # T1 grey/white medians measured 0.64-0.78; FLAIR read as T1 0.86-0.89
 
 _CONTRASTS = ("T1", "T2", "FLAIR")
@@ -157,7 +157,9 @@ def _head_and_depth(small: sitk.Image, values: np.ndarray) -> tuple[np.ndarray, 
 
 def _flatten_bias(small: sitk.Image, values: np.ndarray, region: np.ndarray) -> np.ndarray:
     """Divide by the region's local mean over ``BIAS_SIGMA_MM``: a smooth bias field goes, while
-    grey and white matter, interleaved at every few millimetres, keep their contrast."""
+    grey and white matter, interleaved at every few millimetres, keep their contrast. The quotient
+    is kept wherever the local mean reaches, not only in the region, so the region's edge shows
+    no false step to the gradient of ``_steady``."""
     def smooth(array: np.ndarray) -> np.ndarray:
         image = sitk.GetImageFromArray(array.astype(np.float32))
         image.CopyInformation(small)
