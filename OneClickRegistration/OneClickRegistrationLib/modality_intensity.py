@@ -8,7 +8,8 @@ brightness: it lies deeper inside the head than the cortex, and it forms thick r
 cortex is a folded ribbon a few millimetres thick. Where the white matter sits in the intensity
 order names the contrast: brightest class -> T1, darkest -> T2, middle -> FLAIR.
 
-Steps (on a copy of about 3 mm, so a 1 mm head takes a fraction of a second):
+Steps (on a copy of about 3 mm on every grid, so a 1 mm head takes a fraction of a second and the
+shape limits below mean the same on 1 mm and 2 mm grids):
 
 1. Head mask: voxels above 10 % of the 99th percentile, largest connected part, holes filled.
 2. Inside it, only voxels at least ``RIM_MM`` from the head's outline, which leaves the scalp
@@ -20,10 +21,16 @@ Steps (on a copy of about 3 mm, so a 1 mm head takes a fraction of a second):
    leaves one class with almost everything (a small grey/white contrast next to CSF's large one),
    two classes are split first and the larger one is split again.
 4. Per class: share of the voxels, median, spread, median depth from the head's outline and
-   compactness (share of its voxels whose six neighbours are in the same class).
+   compactness (share of its voxels whose six neighbours are in the same class), the last two
+   also over the class's *steady* voxels only: the ``STEADY_SHARE`` of the region with the
+   gentlest intensity gradient. At 3 mm a voxel on a tissue border is a mixture, and in a FLAIR
+   the mixture of dark CSF and bright cortex takes white matter's grey level: the white-matter
+   class then holds a thin, shallow shell along every sulcus and loses to grey matter on shape.
+   Steady voxels are mostly pure tissue.
 5. White matter = the class (holding >= 15 % of the voxels) with the highest
-   ``depth / DEPTH_UNIT_MM + compactness / COMPACTNESS_UNIT``; the lead over the next class is the
-   margin. The other two classes are named by the contrast this implies.
+   ``depth / DEPTH_UNIT_MM + compactness / COMPACTNESS_UNIT`` over its steady voxels; the lead
+   over the next class is the margin. The other two classes are named by the contrast this
+   implies.
 6. Checks that the image is a brain at all: the grey matter and CSF classes must be folded
    (compactness at most ``MAX_GM_COMPACTNESS``/``MAX_CSF_COMPACTNESS``), CSF at most
    ``MAX_CSF_SHARE`` of the voxels, grey and white matter ``MIN_WM_GM_SEPARATION`` spreads apart,
@@ -34,12 +41,17 @@ Steps (on a copy of about 3 mm, so a 1 mm head takes a fraction of a second):
    contrast is larger: two classes that close may be a FLAIR). Below ``CONFIDENT`` (0.6) the
    contrast is only a leaning and the answer is a generic MR, which selects the safe
    cross-modality preset.
+8. Steps 4-7 once more with the grey/white threshold fitted again on the steady voxels alone
+   (the CSF threshold stays: CSF against tissue is a large contrast, and a cropped or stripped
+   brain has little CSF away from borders). The mixtures no longer pull that threshold into the
+   white-matter peak. The answer is the more confident of the two readings that decide; if they
+   decide on different contrasts, a generic MR.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -58,8 +70,10 @@ MAX_CSF_SHARE = 0.4
 MIN_WM_GM_SEPARATION = 1.5
 MIN_CSF_GAP = 0.15
 CONFIDENT = 0.6
+STEADY_SHARE = 0.7  # share of the region taken as steady (gentlest gradient): shapes and the refit use these
 T1_MAX_GREY_WHITE_RATIO = 0.83  # T1 grey/white medians measured 0.64-0.78; FLAIR read as T1 0.86-0.89
 
+_CONTRASTS = ("T1", "T2", "FLAIR")
 # Where the white matter sits in the intensity order (0 darkest .. 2 brightest) -> the contrast,
 # and the roles of the three classes from darkest to brightest.
 # Contrasts are plain names ("T1", "T2", "FLAIR", "MR"): the caller maps them to its Modality.
@@ -80,12 +94,18 @@ class TissueClass:
     share: float  # of the voxels analysed
     depth_mm: float | None  # median distance from the head's outline (None: no outline seen)
     compactness: float
+    # The same two measured on the class's voxels away from tissue borders (see ``_steady``):
+    # what tells white from grey matter, as partial-volume voxels at borders blur the shapes.
+    steady_depth_mm: float | None = None
+    steady_compactness: float = 0.0
 
     def describe(self) -> str:
         depth = "" if self.depth_mm is None else f", depth {self.depth_mm:.0f} mm"
+        steady = "" if self.steady_depth_mm is None else f"depth {self.steady_depth_mm:.0f} mm, "
         name = self.role or "class"
         return (f"{name} median {self.median:.4g} ({100 * self.share:.0f}%{depth}, "
-                f"compactness {self.compactness:.2f})")
+                f"compactness {self.compactness:.2f}; away from borders {steady}"
+                f"compactness {self.steady_compactness:.2f})")
 
 
 @dataclass(frozen=True)
@@ -101,8 +121,23 @@ class ContrastReading:
 
 
 def _working_copy(image: sitk.Image) -> sitk.Image:
+    """A copy of about ``WORKING_SPACING_MM``: voxels averaged in whole blocks, then axes still
+    much finer (a 2 mm grid takes no whole block of 3 mm) resampled to it. The compactness limits
+    assume voxels about as thick as the cortex: at 2 mm the ribbon is two voxels thick and its
+    class would look as compact as white matter."""
     factors = [max(1, min(n, int(WORKING_SPACING_MM / s))) for n, s in zip(image.GetSize(), image.GetSpacing())]
-    return sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), factors)
+    small = sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), factors)
+    spacing = np.asarray(small.GetSpacing())
+    fine = spacing < 0.8 * WORKING_SPACING_MM
+    if not fine.any():
+        return small
+    target = np.where(fine, WORKING_SPACING_MM, spacing)
+    size = np.maximum(1, np.floor(np.asarray(small.GetSize()) * spacing / target)).astype(int)
+    # Centre the coarser grid on the same extent as the fine one.
+    shift = np.asarray(small.GetDirection()).reshape(3, 3) @ ((target - spacing) / 2.0)
+    return sitk.Resample(small, [int(n) for n in size], sitk.Transform(), sitk.sitkLinear,
+                         tuple(np.asarray(small.GetOrigin()) + shift), tuple(float(t) for t in target),
+                         small.GetDirection(), 0.0, sitk.sitkFloat32)
 
 
 def _head_and_depth(small: sitk.Image, values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -122,7 +157,9 @@ def _head_and_depth(small: sitk.Image, values: np.ndarray) -> tuple[np.ndarray, 
 
 def _flatten_bias(small: sitk.Image, values: np.ndarray, region: np.ndarray) -> np.ndarray:
     """Divide by the region's local mean over ``BIAS_SIGMA_MM``: a smooth bias field goes, while
-    grey and white matter, interleaved at every few millimetres, keep their contrast."""
+    grey and white matter, interleaved at every few millimetres, keep their contrast. The quotient
+    is kept wherever the local mean reaches, not only in the region, so the region's edge shows
+    no false step to the gradient of ``_steady``."""
     def smooth(array: np.ndarray) -> np.ndarray:
         image = sitk.GetImageFromArray(array.astype(np.float32))
         image.CopyInformation(small)
@@ -130,7 +167,7 @@ def _flatten_bias(small: sitk.Image, values: np.ndarray, region: np.ndarray) -> 
 
     weight = region.astype(np.float32)
     local = smooth(values * weight) / np.maximum(smooth(weight), 1e-6)
-    flat = np.where(region & (local > 0), values / np.maximum(local, 1e-12), 0.0)
+    flat = np.where(local > 0, values / np.maximum(local, 1e-12), 0.0)
     return flat.astype(np.float32) * float(np.median(values[region]))
 
 
@@ -178,8 +215,7 @@ def _split_the_larger_part(values: np.ndarray) -> tuple[float, float]:
     return first, _otsu(values[~lower])
 
 
-def _compactness(labels: np.ndarray, label: int) -> float:
-    members = labels == label
+def _compactness(labels: np.ndarray, label: int, members: np.ndarray) -> float:
     inner = members.copy()
     for axis in range(3):
         for step in (1, -1):
@@ -187,12 +223,51 @@ def _compactness(labels: np.ndarray, label: int) -> float:
     return float(inner.sum() / max(1, members.sum()))
 
 
-def _classes(values: np.ndarray, region: np.ndarray, depth: np.ndarray | None) -> list[TissueClass] | None:
-    inside = values[region]
+def _steady(values: np.ndarray, region: np.ndarray, spacing_zyx: tuple[float, ...]) -> np.ndarray:
+    """The ``STEADY_SHARE`` of the region's voxels with the gentlest intensity gradient.
+
+    At about 3 mm most voxels on a border between two tissues are mixtures of both. A mixture
+    lands between the two tissues' grey levels, and in a FLAIR the mixture of dark CSF and bright
+    cortex lands right on white matter's: the white-matter class then takes in a thin, shallow
+    shell along the sulci and looks less like white matter, and its histogram peak is blurred.
+    Mixtures sit where the intensity changes fastest, so leaving out the steepest voxels leaves
+    mostly pure tissue.
+    """
+    gradients = np.gradient(values.astype(np.float64), *spacing_zyx)
+    magnitude = np.sqrt(sum(g * g for g in gradients))
+    limit = np.quantile(magnitude[region], STEADY_SHARE)
+    return region & (magnitude <= limit)
+
+
+def _fit_thresholds(inside: np.ndarray) -> tuple[float, float]:
+    """The two thresholds of three classes over all the region's voxels."""
     low, high = _three_class_thresholds(inside)
     shares = np.array([(inside <= low).mean(), ((inside > low) & (inside <= high)).mean(), (inside > high).mean()])
     if (shares >= MIN_WM_SHARE).sum() < 2:
         low, high = _split_the_larger_part(inside)
+    return low, high
+
+
+def _refit_grey_white(values: np.ndarray, steady: np.ndarray, thresholds: tuple[float, float],
+                      leaning: str) -> tuple[float, float] | None:
+    """The threshold between the two tissue classes fitted again on the steady voxels only; the
+    CSF threshold stays (CSF against tissue is a large contrast that mixtures hardly move, and
+    steady voxels may hold almost no CSF: a cropped or skull-stripped brain has little of it
+    away from borders). CSF is the brightest class of a T2 and the darkest of the others."""
+    low, high = thresholds
+    tissue = values[steady & ((values <= high) if leaning == "T2" else (values > low))]
+    if tissue.size < 10:
+        return None
+    split = _otsu(tissue)
+    return (split, high) if leaning == "T2" else (low, split)
+
+
+def _classes(values: np.ndarray, region: np.ndarray, depth: np.ndarray | None,
+             steady: np.ndarray, thresholds: tuple[float, float]) -> list[TissueClass] | None:
+    """Three intensity classes over the region; shares, medians and spreads count all voxels,
+    shapes both all and the steady ones."""
+    inside = values[region]
+    low, high = thresholds
     labels = np.zeros(values.shape, np.uint8)
     labels[region] = 1 + (inside > low) + (inside > high)
     found = []
@@ -201,16 +276,21 @@ def _classes(values: np.ndarray, region: np.ndarray, depth: np.ndarray | None) -
         if members.sum() < 10:
             return None
         member_values = values[members]
+        kept = members & steady
+        if kept.sum() < 10:
+            kept = members
         found.append(TissueClass(
             role="", median=float(np.median(member_values)), spread=float(np.std(member_values)),
             share=float(members.sum() / region.sum()),
             depth_mm=None if depth is None else float(np.median(depth[members])),
-            compactness=_compactness(labels, label)))
+            compactness=_compactness(labels, label, members),
+            steady_depth_mm=None if depth is None else float(np.median(depth[kept])),
+            steady_compactness=_compactness(labels, label, kept)))
     return found
 
 
 def _white_matter_score(c: TissueClass) -> float:
-    return (c.depth_mm or 0.0) / DEPTH_UNIT_MM + c.compactness / COMPACTNESS_UNIT
+    return (c.steady_depth_mm or 0.0) / DEPTH_UNIT_MM + c.steady_compactness / COMPACTNESS_UNIT
 
 
 def _brain_checks(named: list[TissueClass], contrast: str) -> list[str]:
@@ -254,7 +334,25 @@ def read_contrast(image: sitk.Image) -> ContrastReading | None:
         return None
     if BIAS_SIGMA_MM > 0:
         values = _flatten_bias(small, values, region)
-    classes = _classes(values, region, depth)
+    steady = _steady(values, region, small.GetSpacing()[::-1])
+    thresholds = _fit_thresholds(values[region])
+    whole = _reading(values, region, depth, steady, thresholds, fitted="all voxels")
+    if whole is None or whole.leaning not in _CONTRASTS:
+        return whole  # one class dominates: not three tissues
+    refit = _refit_grey_white(values, steady, thresholds, whole.leaning)
+    sharp = None if refit is None else _reading(values, region, depth, steady, refit,
+                                                fitted="voxels away from tissue borders")
+    decided = [reading for reading in (whole, sharp) if reading is not None and reading.modality != "MR"]
+    if len({reading.modality for reading in decided}) > 1:
+        return ContrastReading("MR", whole.leaning, 0.45, 0.0, whole.classes,
+                               "the two fits disagree: " + " / ".join(r.detail for r in decided))
+    return max(decided or [whole], key=lambda reading: reading.confidence)
+
+
+def _reading(values: np.ndarray, region: np.ndarray, depth: np.ndarray | None, steady: np.ndarray,
+             thresholds: tuple[float, float], *, fitted: str) -> ContrastReading | None:
+    """The contrast from one set of class thresholds (see ``_classes``)."""
+    classes = _classes(values, region, depth, steady, thresholds)
     if classes is None:
         return None
     eligible = [i for i, c in enumerate(classes) if c.share >= MIN_WM_SHARE]
@@ -266,13 +364,13 @@ def read_contrast(image: sitk.Image) -> ContrastReading | None:
     white = ranked[0]
     margin = _white_matter_score(classes[white]) - _white_matter_score(classes[ranked[1]])
     leaning, roles = _ROLES[white]
-    named = [TissueClass(role, c.median, c.spread, c.share, c.depth_mm, c.compactness)
-             for role, c in zip(roles, classes)]
+    named = [replace(c, role=role) for role, c in zip(roles, classes)]
     evidence = "; ".join(c.describe() for c in named)
     failed = _brain_checks(named, leaning)
     if failed:
         return ContrastReading("MR", leaning, 0.45, margin, tuple(named),
-                               f"tissue classes do not look like a brain ({'; '.join(failed)}): {evidence}")
+                               f"tissue classes fitted on {fitted} do not look like a brain "
+                               f"({'; '.join(failed)}): {evidence}")
     confidence = 0.5 + 0.45 * min(1.0, max(0.0, margin) / FULL_MARGIN)
     roles = {c.role: c for c in named}
     close = roles["grey matter"].median / max(1e-12, roles["white matter"].median)
@@ -282,8 +380,8 @@ def read_contrast(image: sitk.Image) -> ContrastReading | None:
         confidence = min(confidence, CONFIDENT - 0.05)
     confidence = round(confidence, 3)
     order = " > ".join(c.role for c in sorted(named, key=lambda c: c.median, reverse=True))
-    why = (f"brain tissue order {order} ({leaning}), the white matter told by depth and "
-           f"compactness with margin {margin:.2f}: {evidence}")
+    why = (f"brain tissue order {order} ({leaning}), classes fitted on {fitted}, the white matter told "
+           f"by depth and compactness away from tissue borders with margin {margin:.2f}: {evidence}")
     if confidence < CONFIDENT or math.isnan(confidence):
         return ContrastReading("MR", leaning, confidence, margin, tuple(named),
                                f"leans {leaning} but too weakly to decide: {why}")

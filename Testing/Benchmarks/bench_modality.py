@@ -6,7 +6,8 @@ Every case is named ``scan_003.nii.gz`` and has no metadata, so only the intensi
 disjoint seed sets: ``tune`` (the one the thresholds of ``modality_intensity`` were set on) and
 ``held-out`` (reported). The table per set and contrast gives: correct answers (a contrast for
 T1/T2/FLAIR, CT for CT, generic MR for non-head objects), falls back to generic MR, wrong contrast
-at confidence >= 0.6, CT<->MR confusions, and the CPU time of the intensity reading.
+at confidence >= 0.6, CT<->MR confusions, and the CPU time of the intensity reading; MR heads are
+also counted per grid (the modality's typical thick-slice grid vs an isotropic one).
 nibabel's real T1 (``anatomical.nii``) is reported on its own line when nibabel is installed.
 """
 
@@ -156,6 +157,8 @@ def main() -> None:
         for truth in (*CONTRASTS, "CT", "object"):
             table.append({"truth": truth, **tally([r for r in rows if r["truth"] == truth], label)})
         mr_rows = [r for r in rows if r["truth"] in CONTRASTS]
+        for grid in ("typical", "iso"):  # thick slices vs the isotropic grid, where FLAIR was hardest
+            table.append({"truth": f"MR heads, {grid} grid", **tally([r for r in mr_rows if r["grid"] == grid], label)})
         table.append({"truth": "all MR heads", **tally(mr_rows, label)})
         table.append({"truth": "everything", **tally(rows, label)})
         payload_sets[label] = rows

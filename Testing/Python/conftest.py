@@ -50,3 +50,24 @@ def t1_ct_pair() -> synthetic.SyntheticPair:
 def t1_t2_pair() -> synthetic.SyntheticPair:
     return synthetic.make_pair("T1", "T2", rotation_deg=(-7.0, 5.0, -9.0), translation_mm=(-5.0, 7.0, -4.0),
                                coarsen=2.5, seed=5)
+
+
+# The engines' own tests (elastix, SimpleITK, BRAINSFit) register the same two pairs: a T1 fixed image and
+# a T2 or CT moving image moved by about 10 degrees and 11 mm.
+ENGINE_ROTATION_DEG = (8.0, -6.0, 10.0)
+ENGINE_TRANSLATION_MM = (6.0, -8.0, 5.0)
+
+
+def engine_test_pair(fixed: str, moving: str) -> synthetic.SyntheticPair:
+    return synthetic.make_pair(fixed, moving, rotation_deg=ENGINE_ROTATION_DEG,
+                               translation_mm=ENGINE_TRANSLATION_MM, coarsen=2.5)
+
+
+@pytest.fixture(scope="session")
+def t2_pair() -> synthetic.SyntheticPair:
+    return engine_test_pair("T1", "T2")
+
+
+@pytest.fixture(scope="session")
+def ct_pair() -> synthetic.SyntheticPair:
+    return engine_test_pair("T1", "CT")

@@ -194,14 +194,20 @@ def test_a_resumed_batch_registers_only_what_is_missing(client, tmp_path) -> Non
     assert not forced[0].skipped
 
 
-def test_a_worker_killed_mid_pair_is_replaced_and_the_pair_retried(client, tmp_path) -> None:
-    # coarser pairs would finish before the kill lands: these take elastix a few seconds each
-    pairs_file, _ = _write_pairs(tmp_path / "in", 3, coarsen=3.0)
-    pairs = read_pairs(pairs_file)
-    out = tmp_path / "out"
+def _batch_of_three_in_background(client: distributed.Client, folder: Path
+                                  ) -> tuple[threading.Thread, dict[str, object], Path]:
+    """Three pairs registering on ``client`` in a background thread; returns it, its result box and DIR."""
+    # coarser pairs would finish before a kill lands: these take elastix a few seconds each
+    pairs = read_pairs(_write_pairs(folder / "in", 3, coarsen=3.0)[0])
+    out = folder / "out"
     client.wait_for_workers(2, timeout=120)
     thread, box = _in_background(lambda: register_batch(pairs, out, options=OPTIONS, client=client,
                                                         show_progress=False))
+    return thread, box, out
+
+
+def test_a_worker_killed_mid_pair_is_replaced_and_the_pair_retried(client, tmp_path) -> None:
+    thread, box, out = _batch_of_three_in_background(client, tmp_path)
     address, pid, engine = _wait_for(lambda: _running_engine(client, "-case0-"), "case0's engine to run on a worker")
     work = Path(engine.cwd())  # the engine runs in its work folder
     assert work.name.startswith("oneclickreg-elastix-"), work
@@ -220,12 +226,7 @@ def test_a_worker_killed_mid_pair_is_replaced_and_the_pair_retried(client, tmp_p
 
 
 def test_a_pair_whose_worker_dies_twice_is_failed_and_the_others_finish(client, tmp_path) -> None:
-    pairs_file, _ = _write_pairs(tmp_path / "in", 3, coarsen=3.0)
-    pairs = read_pairs(pairs_file)
-    out = tmp_path / "out"
-    client.wait_for_workers(2, timeout=120)
-    thread, box = _in_background(lambda: register_batch(pairs, out, options=OPTIONS, client=client,
-                                                        show_progress=False))
+    thread, box, out = _batch_of_three_in_background(client, tmp_path)
     killed = []
     for attempt in ("first", "second"):
         address, pid, _ = _wait_for(lambda: (found := _running_engine(client, "-case1-")) and found[0] not in

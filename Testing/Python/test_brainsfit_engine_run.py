@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import engine_test_pair
 from robustness_support import running_children
 
 from OneClickRegistrationLib import synthetic
@@ -34,8 +35,6 @@ pytestmark = [
                        reason=f"no BRAINSFit executable ({_FOUND.detail}); set $ONECLICK_BRAINSFIT to one"),
 ]
 
-ROTATION_DEG = (8.0, -6.0, 10.0)
-TRANSLATION_MM = (6.0, -8.0, 5.0)
 
 
 @pytest.fixture(autouse=True)
@@ -45,21 +44,6 @@ def private_tempdir(tmp_path, monkeypatch) -> Path:
     folder.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
     return folder
-
-
-def _pair(fixed: str, moving: str) -> synthetic.SyntheticPair:
-    return synthetic.make_pair(fixed, moving, rotation_deg=ROTATION_DEG, translation_mm=TRANSLATION_MM,
-                               coarsen=2.5)
-
-
-@pytest.fixture(scope="module")
-def t2_pair() -> synthetic.SyntheticPair:
-    return _pair("T1", "T2")
-
-
-@pytest.fixture(scope="module")
-def ct_pair() -> synthetic.SyntheticPair:
-    return _pair("T1", "CT")
 
 
 def _request(pair: synthetic.SyntheticPair, **changes) -> EngineRequest:
@@ -108,7 +92,7 @@ def test_rigid_cross_modality_coarse_to_fine(t2_pair, private_tempdir):
 
 
 def test_rigid_same_modality_with_correlation():
-    pair = _pair("T1", "T1")
+    pair = engine_test_pair("T1", "T1")
     request = _request(pair)  # same-contrast MR presets optimise MI; correlation is the CT-CT choice
     request = replace(request, preset=replace(request.preset, similarity="ncc"))
     output = _engine().run(request, RunOptions(threads=1))

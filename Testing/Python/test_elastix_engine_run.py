@@ -27,8 +27,6 @@ pytestmark = [
                        reason="elastix is not on PATH (Debian/Ubuntu: apt install elastix)"),
 ]
 
-ROTATION_DEG = (8.0, -6.0, 10.0)
-TRANSLATION_MM = (6.0, -8.0, 5.0)
 
 
 @pytest.fixture(autouse=True)
@@ -42,21 +40,6 @@ def private_tempdir(tmp_path, monkeypatch) -> Path:
 
 def _leftovers(folder: Path) -> list[Path]:
     return sorted(folder.glob("oneclickreg-elastix-*"))
-
-
-def _pair(moving: str) -> synthetic.SyntheticPair:
-    return synthetic.make_pair("T1", moving, rotation_deg=ROTATION_DEG, translation_mm=TRANSLATION_MM,
-                               coarsen=2.5)
-
-
-@pytest.fixture(scope="module")
-def t2_pair() -> synthetic.SyntheticPair:
-    return _pair("T2")
-
-
-@pytest.fixture(scope="module")
-def ct_pair() -> synthetic.SyntheticPair:
-    return _pair("CT")
 
 
 def _request(pair: synthetic.SyntheticPair, **kwargs) -> EngineRequest:

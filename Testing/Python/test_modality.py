@@ -13,11 +13,12 @@ import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from OneClickRegistrationLib import synthetic
+from OneClickRegistrationLib import modality_intensity, synthetic
 from OneClickRegistrationLib.errors import InputError
 from OneClickRegistrationLib.modality import (
     Modality,
     ModalityEvidence,
+    _name_text,
     detect_modality,
     metadata_from_file,
     metadata_from_image,
@@ -125,7 +126,8 @@ def test_any_name_gives_valid_evidence(name):
     evidence = detect_modality(name=name)
     # A name alone either decides, saying which words did, or leaves the low-confidence default.
     if evidence.source == "name":
-        assert evidence.confidence >= 0.4 and f"name '{name}'" in evidence.detail
+        # The detail quotes the name as read: stripped of surrounding blanks, folders and suffix.
+        assert evidence.confidence >= 0.4 and f"name '{_name_text(name)}'" in evidence.detail
     else:
         assert (evidence.source, evidence.modality, evidence.confidence) == ("default", Modality.MR, 0.1)
     assert detect_modality(name=name) == evidence  # the same name always gives the same answer
@@ -562,6 +564,71 @@ def test_contrast_is_recognised_from_the_tissue_classes(modality, options, seed)
         return
     assert evidence.modality.value == modality
     assert evidence.confidence >= 0.6
+
+
+def _isotropic_head(modality, *, seed, coarsen, **options):
+    # The T1-like isotropic grid: where FLAIR used to fall back to a generic MR, as the mixtures of
+    # dark CSF and bright cortex along the sulci took white matter's grey level.
+    subject = synthetic.make_subject(resolution_mm=2.0)
+    grid = synthetic.typical_grid("T1", subject.head_center, coarsen=coarsen)
+    values = synthetic.varied_contrast(modality, seed=seed)
+    return synthetic.render_head(modality, grid, tissue_values=values, resolution_mm=2.0, seed=seed, **options)
+
+
+@pytest.mark.parametrize(("coarsen", "options", "seed"), [
+    (1.5, {"noise": 0.05, "bias": 0.1}, 9101),
+    (2.0, {"noise": 0.01, "bias": 0.3}, 9103),  # a 2 mm grid: read on a 3 mm copy like the others
+    (2.0, {"noise": 0.03, "bias": 0.1, "lesions": 5}, 9104),
+])
+def test_flair_on_isotropic_grids_is_recognised(coarsen, options, seed):
+    evidence = detect_modality(_isotropic_head("FLAIR", seed=seed, coarsen=coarsen, **options),
+                               name="scan_003.nii.gz")
+    assert (evidence.modality, evidence.source) == (M.FLAIR, "intensity"), evidence.detail
+    assert evidence.confidence >= 0.6
+    assert "grey matter > white matter > CSF" in evidence.detail
+
+
+@pytest.mark.parametrize(("coarsen", "options", "seed"), [
+    # White matter at 0.88 of grey matter (the top of the range): at 3 mm the two peaks merge.
+    (1.5, {"noise": 0.03, "bias": 0.3}, 9102),
+    # Skull-stripped with 5 % noise: the averaged Rician background is as bright as the
+    # head-mask threshold, so the mask takes in the background.
+    (2.0, {"noise": 0.05, "bias": 0.3, "skull_stripped": True}, 9105),
+])
+def test_hard_flair_may_fall_back_to_generic_mr_but_never_to_another_contrast(coarsen, options, seed):
+    evidence = detect_modality(_isotropic_head("FLAIR", seed=seed, coarsen=coarsen, **options),
+                               name="scan_003.nii.gz")
+    assert evidence.modality in (M.FLAIR, M.MR), evidence.detail
+    assert evidence.modality == M.MR or evidence.confidence >= 0.6
+
+
+@pytest.mark.parametrize("modality", ["T1", "T2", "FLAIR"])
+@pytest.mark.parametrize(("coarsen", "seed"), [(1.5, 9111), (2.0, 9112), (2.0, 9113)])
+def test_isotropic_heads_never_get_a_wrong_contrast(modality, coarsen, seed):
+    image = _isotropic_head(modality, seed=seed, coarsen=coarsen, noise=0.05, bias=0.3)
+    evidence = detect_modality(image, name="scan_003.nii.gz")
+    assert evidence.modality in (M(modality), M.MR), evidence.detail
+    assert evidence.modality == M.MR or evidence.confidence >= 0.6
+
+
+def test_contrast_is_read_on_a_copy_of_about_3_mm_whatever_the_grid():
+    for spacing in [(1.0, 1.0, 1.0), (2.0, 2.0, 2.0), (0.9, 0.9, 5.0), (1.8, 1.8, 6.0)]:
+        image = sitk.Image([64, 64, 16], sitk.sitkFloat32)
+        image.SetSpacing(spacing)
+        copy = modality_intensity._working_copy(image)
+        # Fine axes come to 2.4-3 mm (whole blocks, or resampled where no whole block fits);
+        # axes already that coarse are left alone.
+        assert all(2.4 <= s <= 3.0 if t < 2.4 else s == t for s, t in zip(copy.GetSpacing(), spacing))
+
+
+def test_border_voxels_are_left_out_of_the_shapes():
+    # A bright cube in a dark field: its faces are where the intensity changes fastest.
+    values = np.zeros((20, 20, 20), np.float32)
+    values[5:15, 5:15, 5:15] = 1.0
+    region = np.ones(values.shape, bool)
+    steady = modality_intensity._steady(values, region, (3.0, 3.0, 3.0))
+    assert not steady[5, 10, 10] and not steady[14, 10, 10]  # on the faces
+    assert steady[10, 10, 10] and steady[0, 0, 0]  # inside the cube and far from it
 
 
 def test_contrast_reading_names_the_classes_and_their_medians():

@@ -21,9 +21,6 @@ from OneClickRegistrationLib.errors import CancelledError, EngineError, InputErr
 from OneClickRegistrationLib.pipeline import register
 from OneClickRegistrationLib.presets import preset_for
 
-ROTATION_DEG = (8.0, -6.0, 10.0)
-TRANSLATION_MM = (6.0, -8.0, 5.0)
-
 
 def _image(size: tuple[int, int, int], spacing: tuple[float, float, float]) -> sitk.Image:
     image = sitk.Image(list(size), sitk.sitkFloat32)
@@ -81,21 +78,6 @@ def test_a_coarse_level_is_not_shifted() -> None:
 
 
 # --- real registrations --------------------------------------------------------------------------------
-
-def _pair(moving: str) -> synthetic.SyntheticPair:
-    return synthetic.make_pair("T1", moving, rotation_deg=ROTATION_DEG, translation_mm=TRANSLATION_MM,
-                               coarsen=2.5)
-
-
-@pytest.fixture(scope="module")
-def t2_pair() -> synthetic.SyntheticPair:
-    return _pair("T2")
-
-
-@pytest.fixture(scope="module")
-def ct_pair() -> synthetic.SyntheticPair:
-    return _pair("CT")
-
 
 def _request(pair: synthetic.SyntheticPair, **kwargs) -> EngineRequest:
     """What the pipeline hands an engine: float32 images, CT windowed as the preset says, a start
