@@ -302,8 +302,10 @@ def _verify_image(image: sitk.Image, path: str) -> None:
     reader.SetFileName(path)
     reader.ReadImageInformation()
     size = list(reader.GetSize())
-    reader.SetExtractIndex([0] * (len(size) - 1) + [max(0, size[-1] - 1)])
-    reader.SetExtractSize([*size[:-1], min(1, size[-1])])
+    if reader.GetNumberOfComponents() == 1:
+        # (not for vector images: ITK's NIfTI reader crashes the process reading a region of one)
+        reader.SetExtractIndex([0] * (len(size) - 1) + [max(0, size[-1] - 1)])
+        reader.SetExtractSize([*size[:-1], min(1, size[-1])])
     reader.Execute()
     written = reader
     if (written.GetSize() != image.GetSize()
