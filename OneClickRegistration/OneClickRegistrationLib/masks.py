@@ -20,6 +20,7 @@ an **empty** mask: no voxel can be told apart from the background, and a score o
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -182,6 +183,14 @@ WHOLE_OVERLAP_SHARE = 0.95
 OVERLAP_MARGIN_MM = 5.0
 
 
+class Overlap(NamedTuple):
+    """The fixed head inside the moving domain: the sampling mask (or None) and the voxel counts."""
+
+    mask: sitk.Image | None
+    inside_voxels: int
+    head_voxels: int
+
+
 def overlap_mask(fixed_head: sitk.Image, moving: sitk.Image, transform: sitk.Transform, *,
                  margin_mm: float = OVERLAP_MARGIN_MM) -> sitk.Image | None:
     """Where the engines should sample a partial field of view: fixed head inside the moving domain.
@@ -190,6 +199,12 @@ def overlap_mask(fixed_head: sitk.Image, moving: sitk.Image, transform: sitk.Tra
     ``transform`` (fixed -> moving). Returns None when the fixed head lies (almost) entirely inside it,
     and also when the intersection is empty (then there is nothing better to offer than the whole image).
     """
+    return head_overlap(fixed_head, moving, transform, margin_mm=margin_mm).mask
+
+
+def head_overlap(fixed_head: sitk.Image, moving: sitk.Image, transform: sitk.Transform, *,
+                 margin_mm: float = OVERLAP_MARGIN_MM) -> Overlap:
+    """:func:`overlap_mask` with the counts it was decided on (an empty overlap is ``inside_voxels == 0``)."""
     size = moving.GetSize()
     border = [min(round(margin_mm / s), (n - 1) // 2) for n, s in zip(size, moving.GetSpacing())]
     inner = np.zeros(size[::-1], dtype=np.uint8)
@@ -210,14 +225,14 @@ def overlap_mask(fixed_head: sitk.Image, moving: sitk.Image, transform: sitk.Tra
         inside_voxels += int(np.count_nonzero(inside))
         packed.append(np.packbits(inside, axis=None))
     if inside_voxels == 0 or inside_voxels >= WHOLE_OVERLAP_SHARE * head_voxels:
-        return None
+        return Overlap(None, inside_voxels, head_voxels)
     array = np.empty(head.shape, dtype=np.uint8)
     for z, bits in zip(range(0, head.shape[0], slab), packed):
         rows = array[z:z + slab]
         rows[...] = np.unpackbits(bits, count=rows.size).reshape(rows.shape)
     mask = sitk.GetImageFromArray(array)
     mask.CopyInformation(fixed_head)
-    return mask
+    return Overlap(mask, inside_voxels, head_voxels)
 
 
 def _slab_grid(image: sitk.Image, first: int, count: int) -> sitk.Image:

@@ -5,7 +5,6 @@ The caller's images are never modified: every step makes a new image.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -16,7 +15,7 @@ from .engines.base import EngineRequest
 from .errors import InputError
 from .images import MIN_VOXELS_PER_AXIS, check_volume, describe, same_grid, to_float32
 from .initial_search import PARTIAL_EXTENT_MM, search_start, thinnest_extent_mm
-from .masks import head_mask, overlap_mask
+from .masks import OVERLAP_MARGIN_MM, head_mask, head_overlap
 from .metrics import DEFAULT_MIN_OVERLAP_VOXELS
 from .modality import Modality
 from .presets import Preset, level_shrink_factors, preset_for
@@ -304,49 +303,20 @@ def engine_request(pair: PreparedPair, preset: Preset, initial: sitk.Transform, 
                                 transform_kind=preset.transform, initial_transform=initial.GetInverse(),
                                 fixed_mask=user_moving, moving_mask=user_fixed)
         return request, True
-    overlap = overlap_mask(pair.fixed_head, pair.moving, initial)
-    if user_fixed is not None and overlap is None:
-        _check_user_mask_meets_moving(user_fixed, pair.moving, initial)
+    overlap = head_overlap(pair.fixed_head, pair.moving, initial)
+    if user_fixed is not None and overlap.inside_voxels == 0:
+        # the engines would fail in their own words for "no sample" (ITK: "Refusing to change spacing
+        # ...", elastix: "Too many samples map outside moving image buffer")
+        raise InputError(
+            f"The fixed mask ({overlap.head_voxels} voxels) lies entirely outside the moving image (or within "
+            f"{OVERLAP_MARGIN_MM:g} mm of its border) once the images are placed by the start: expected a mask "
+            "over anatomy that the moving image shows too."
+        )
     request = EngineRequest(fixed=pair.fixed, moving=pair.moving, preset=preset, transform_kind=preset.transform,
-                            initial_transform=initial, fixed_mask=overlap if overlap is not None else user_fixed,
+                            initial_transform=initial,
+                            fixed_mask=overlap.mask if overlap.mask is not None else user_fixed,
                             moving_mask=user_moving)
     return request, False
-
-
-_MASK_PROBE_POINTS = 20000  # enough to find a mask's overlap; a whole-head mask needs no more
-
-
-def _check_user_mask_meets_moving(mask: sitk.Image, moving: sitk.Image, initial: sitk.Transform) -> None:
-    """Refuse a user's fixed mask that the start maps entirely outside the moving image.
-
-    The engines would otherwise fail with their own words for "no sample" (ITK: "Refusing to change
-    spacing ...", elastix: "Too many samples map outside moving image buffer").
-    """
-    values = sitk.GetArrayViewFromImage(mask)
-    count = int(np.count_nonzero(values))
-    step = max(1, count // _MASK_PROBE_POINTS)
-    for index in _every_nth_voxel(values, step):
-        point = initial.TransformPoint(mask.TransformIndexToPhysicalPoint([int(i) for i in index]))
-        continuous = moving.TransformPhysicalPointToContinuousIndex(point)
-        if all(-0.5 <= c <= n - 0.5 for c, n in zip(continuous, moving.GetSize())):
-            return
-    raise InputError(
-        f"The fixed mask ({count} voxels) lies entirely outside the moving image once the images are "
-        "placed by the start: expected a mask over anatomy that the moving image shows too."
-    )
-
-
-def _every_nth_voxel(values: np.ndarray, step: int) -> Iterator[np.ndarray]:
-    """(x, y, z) indices of every ``step``-th nonzero voxel in raster order, found slab by slab (the
-    indices of every voxel of a 0.5 mm head mask would take 0.6 GB)."""
-    slab = max(1, (1 << 22) // max(1, values[0].size))
-    skip = 0  # nonzero voxels to pass over before the next one taken
-    for z in range(0, values.shape[0], slab):
-        found = np.argwhere(values[z:z + slab] != 0)
-        taken = found[skip::step]
-        taken[:, 0] += z
-        yield from taken[:, ::-1]
-        skip = (skip - len(found)) % step
 
 
 def engine_result(transform: sitk.Transform, *, inverted: bool) -> sitk.Transform:
