@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,13 @@ def _distributed() -> Any:
             "pip install \"oneclick-registration[cluster]\"."
         ) from None
     return distributed
+
+
+def batch_client(*, workers: int | None = None, scheduler: str | None = None) -> AbstractContextManager[Any]:
+    """Where a batch runs: in this process (None) without ``workers`` or ``scheduler``, else :func:`cluster_client`."""
+    if workers is None and scheduler is None:
+        return nullcontext(None)
+    return cluster_client(workers=workers, scheduler=scheduler)
 
 
 @contextmanager

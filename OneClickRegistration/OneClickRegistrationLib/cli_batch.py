@@ -10,11 +10,11 @@ a local Dask cluster, ``--scheduler ADDRESS`` on an existing one (both need the 
 from __future__ import annotations
 
 import argparse
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
 from .batch import OK, SUMMARY_FILE, read_pairs, register_batch
+from .batch_cluster import batch_client
 from .cli_common import EXIT_OK, EXIT_SOME_FAILED, QuietParser, guarded
 from .cli_register import add_registration_options, options_from_args
 from .output_folder import check_output_folder
@@ -58,13 +58,7 @@ def main(argv: list[str]) -> int:
         pairs = read_pairs(args.pairs)
         # the batch shows its own progress (a bar over pairs) instead of one line per pair's steps
         options = replace(options_from_args(args), threads=args.threads, progress=None)
-        if args.workers is None and args.scheduler is None:
-            where = nullcontext(None)
-        else:
-            from .batch_cluster import cluster_client
-
-            where = cluster_client(workers=args.workers, scheduler=args.scheduler)
-        with where as client:
+        with batch_client(workers=args.workers, scheduler=args.scheduler) as client:
             outcomes = register_batch(pairs, args.output, options=options, force=args.force, client=client,
                                       show_progress=not args.quiet)
         failed = [str(o.row["name"]) for o in outcomes if o.row["status"] != OK]

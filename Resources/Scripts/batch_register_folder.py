@@ -31,11 +31,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
 from OneClickRegistrationLib.batch import OK, SUMMARY_FILE, Pair, read_pairs, register_batch
+from OneClickRegistrationLib.batch_cluster import batch_client
 from OneClickRegistrationLib.errors import OneClickError
 from OneClickRegistrationLib.options import RegistrationOptions
 
@@ -104,13 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_slicer_engines()
     try:
         options = RegistrationOptions(engine=args.engine, transform=args.transform, threads=args.threads)
-        if args.workers is None and args.scheduler is None:
-            where = nullcontext(None)
-        else:
-            from OneClickRegistrationLib.batch_cluster import cluster_client
-
-            where = cluster_client(workers=args.workers, scheduler=args.scheduler)
-        with where as client:
+        with batch_client(workers=args.workers, scheduler=args.scheduler) as client:
             outcomes = register_batch(pairs, args.output, options=options, force=args.force, client=client)
     except OneClickError as error:  # a bad thread count, no distributed package, no scheduler there
         print(f"batch_register_folder: {error}", file=sys.stderr)
