@@ -59,6 +59,17 @@ def grid_center(image: sitk.Image) -> np.ndarray:
     return np.asarray(image.TransformContinuousIndexToPhysicalPoint(((size - 1.0) / 2.0).tolist()))
 
 
+def bounding_box(inside: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """The (z, y, x) slices around the nonzero voxels of a 3-D array, or None when there are none."""
+    extents = []
+    for axis in range(3):
+        present = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
+        if present.size == 0:
+            return None
+        extents.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(extents)  # type: ignore[return-value]
+
+
 def grid_text(image: sitk.Image) -> str:
     """An image's voxel grid in words (size, spacing, origin, direction), for error messages."""
     def fmt(values: Sequence[float]) -> str:

@@ -46,7 +46,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .images import EXACT_IN_FLOAT32, check_volume, grid_text, same_grid
+from .images import EXACT_IN_FLOAT32, bounding_box, check_volume, grid_text, same_grid
 
 Metric = Literal["ncc", "mi", "nmi"]
 ScoreStatus = Literal["ok", "empty_overlap", "small_overlap", "zero_variance"]
@@ -379,14 +379,11 @@ def _on_fixed_grid(data: sitk.Image | np.ndarray, fixed: sitk.Image, role: str) 
 
 def _mask_box(inside: np.ndarray) -> tuple[slice, slice, slice] | None:
     """The (z, y, x) bounding box of ``inside``, or None when it would not save enough to matter."""
-    extents = []
-    for axis in range(3):
-        present = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
-        if present.size == 0:
-            return None  # an empty mask: the full path reports it
-        extents.append(slice(int(present[0]), int(present[-1]) + 1))
-    kept = math.prod(e.stop - e.start for e in extents)
-    return tuple(extents) if kept < _BOX_WORTH_IT * inside.size else None  # type: ignore[return-value]
+    box = bounding_box(inside)
+    if box is None:
+        return None  # an empty mask: the full path reports it
+    kept = math.prod(e.stop - e.start for e in box)
+    return box if kept < _BOX_WORTH_IT * inside.size else None
 
 
 def _sub_grid(image: sitk.Image, box: tuple[slice, slice, slice]) -> sitk.Image:

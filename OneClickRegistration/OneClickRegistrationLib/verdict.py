@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 
+from .images import bounding_box
 from .masks import shrink_mask
 from .metrics import ScoreResult, score
 from .preparation import STATISTICS_SPACING_MM, PreparedPair
@@ -256,14 +257,11 @@ def _even_factor(size: int, spacing: float) -> int:
 
 def largest_move_mm(head: sitk.Image, transform: sitk.Transform) -> float:
     """How far ``transform`` moves the corners of the head's bounding box from where they are (mm)."""
-    inside = sitk.GetArrayViewFromImage(head)  # nonzero is inside; no boolean copy of a 0.5 mm mask
-    if not inside.any():
+    box = bounding_box(sitk.GetArrayViewFromImage(head))  # nonzero is inside; no boolean copy of the mask
+    if box is None:
         return float("inf")
-    bounds = []
-    for axis in (2, 1, 0):  # numpy's z, y, x -> ITK's x, y, z
-        along = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
-        bounds.append((int(along[0]), int(along[-1])))
-    corners = [head.TransformIndexToPhysicalPoint((x, y, z)) for x in bounds[0] for y in bounds[1] for z in bounds[2]]
+    z, y, x = ((b.start, b.stop - 1) for b in box)
+    corners = [head.TransformIndexToPhysicalPoint((i, j, k)) for i in x for j in y for k in z]
     return max(float(np.linalg.norm(np.subtract(transform.TransformPoint(c), c))) for c in corners)
 
 
