@@ -25,6 +25,7 @@ from OneClickRegistrationLib.engines.elastix_engine import (
     ElastixEngine,
     ProgressParser,
     elastix_messages,
+    finest_level_request,
     parameter_map,
     pyramid_schedule,
     spatial_samples,
@@ -158,6 +159,33 @@ def test_pyramid_follows_physical_spacing_per_axis():
     assert p["MovingImagePyramidSchedule"] == (5, 5, 1, 2, 2, 1, 1, 1, 1)
     assert "ImagePyramidSmoothingSchedule" not in p
     assert p["MaximumStepLength"] == (4.0, 2.0, 1.0)  # each level's voxel size
+
+
+def test_images_finer_than_the_finest_level_are_block_averaged_to_it():
+    # A 0.5 mm fixed image under the 1 mm finest level: elastix gets 2x2x2 block means, each at its
+    # block's centre (origin moved by half a fine voxel towards the block), the 1 mm moving untouched.
+    values = np.arange(40 * 48 * 44, dtype=np.float32).reshape(44, 48, 40)
+    fixed = sitk.GetImageFromArray(values)
+    fixed.SetSpacing((0.5, 0.5, 0.5))
+    fixed.SetOrigin((-10.0, -12.0, -11.0))
+    moving = _image(spacing=(1.0, 1.0, 1.0))
+    shrunk = finest_level_request(_request(fixed=fixed, moving=moving))
+    assert shrunk.fixed.GetSpacing() == (1.0, 1.0, 1.0) and shrunk.fixed.GetSize() == (20, 24, 22)
+    assert np.allclose(shrunk.fixed.GetOrigin(), (-9.75, -11.75, -10.75))
+    block = values[:2, :2, :2].mean()
+    assert sitk.GetArrayViewFromImage(shrunk.fixed)[0, 0, 0] == pytest.approx(block)
+    assert shrunk.moving is moving
+    # Thick slices are shrunk only in plane; the levels elastix then runs keep their voxel sizes.
+    ct = _image(size=(80, 96, 20), spacing=(0.5, 0.5, 2.5))
+    shrunk_ct = finest_level_request(_request(fixed=ct, moving=moving))
+    assert shrunk_ct.fixed.GetSpacing() == (1.0, 1.0, 2.5)
+    assert _params(shrunk_ct)["MaximumStepLength"] == _params(_request(fixed=ct, moving=moving))["MaximumStepLength"]
+    # A thin image keeps at least four voxels along each axis.
+    thin = _image(size=(80, 96, 10), spacing=(0.25, 0.25, 0.25))
+    assert finest_level_request(_request(fixed=thin, moving=moving)).fixed.GetSize() == (20, 24, 5)
+    # Nothing to shrink: the request itself.
+    whole = _request(fixed=_image(spacing=(1.0, 1.0, 1.0)), moving=moving)
+    assert finest_level_request(whole) is whole
 
 
 def test_other_sigmas_use_the_generic_pyramid():

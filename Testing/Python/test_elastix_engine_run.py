@@ -152,6 +152,28 @@ def test_affine_with_masks(t2_pair):
         shutil.rmtree(kept)
 
 
+def test_a_fine_fixed_image_reaches_elastix_on_the_finest_levels_grid(t2_pair):
+    # The T2 pair's 2.5 mm fixed image resampled to 0.625 mm in plane: its finest level works at
+    # 1.25 mm, so elastix reads it block-averaged 2x2 in plane, each voxel at its block's centre.
+    request = _request(t2_pair)
+    size, spacing = request.fixed.GetSize(), request.fixed.GetSpacing()
+    fine_grid = sitk.Image([4 * size[0], 4 * size[1], size[2]], sitk.sitkFloat32)
+    fine_grid.SetSpacing((spacing[0] / 4, spacing[1] / 4, spacing[2]))
+    fine_grid.SetDirection(request.fixed.GetDirection())
+    fine_grid.SetOrigin(request.fixed.TransformContinuousIndexToPhysicalPoint((-0.375, -0.375, 0.0)))
+    fine = sitk.Resample(request.fixed, fine_grid, sitk.Transform(), sitk.sitkLinear, 0.0)
+    output = _engine().run(replace(request, fixed=fine), RunOptions(keep_temp=True))
+    kept = Path(output.kept_temp_dir)
+    try:
+        read = sitk.ReadImage(str(kept / "fixed.mha"))
+        assert read.GetSize() == (2 * size[0], 2 * size[1], size[2])
+        assert np.allclose(read.GetSpacing(), (spacing[0] / 2, spacing[1] / 2, spacing[2]))
+        assert np.allclose(read.GetOrigin(), request.fixed.TransformContinuousIndexToPhysicalPoint((-0.25, -0.25, 0)))
+    finally:
+        shutil.rmtree(kept)
+    assert _tre(output.transform, t2_pair) < 0.18  # measured 0.095 (0.28 with the 0.3 mm canary)
+
+
 def _long_request(pair: synthetic.SyntheticPair) -> EngineRequest:
     preset = replace(preset_for("T1", "T2"), iterations=(20000, 20000, 20000))
     return _request(pair, preset=preset)

@@ -21,16 +21,17 @@ import re
 import shlex
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import EngineError, EngineUnavailableError, InputError
-from ..images import write_text
+from ..images import MIN_VOXELS_PER_AXIS, write_text
 from ..presets import level_shrink_factors
 from ..process_runner import find_executable, log_tail, run_process
-from .base import Availability, EngineRequest, EngineSettings, RegistrationEngine, RunOptions
+from .base import Availability, EngineOutput, EngineRequest, EngineSettings, RegistrationEngine, RunOptions
 from .elastix_parameters import (
     ParameterMap,
     initial_transform_text,
@@ -127,8 +128,8 @@ def _pyramid_entries(sigmas_mm: Sequence[float], targets_mm: Sequence[float], fi
             "ComputePyramidImagesPerResolution": (True,)}
 
 
-def parameter_map(request: EngineRequest) -> ParameterMap:
-    """The elastix parameter map for ``request`` (pure: reads only image geometry and the preset)."""
+def level_spacings_mm(request: EngineRequest) -> tuple[float, ...]:
+    """The voxel size each pyramid level aims at: the preset's shrink factors times the finest fixed spacing."""
     preset = request.preset
     levels = len(preset.shrink_factors)
     if not (len(preset.smoothing_sigmas_mm) == len(preset.iterations) == levels):
@@ -139,7 +140,41 @@ def parameter_map(request: EngineRequest) -> ParameterMap:
         )
     fixed_spacing = request.fixed.GetSpacing()
     finest = min(fixed_spacing)
-    targets = [s * finest for s in level_shrink_factors(preset, fixed_spacing)]
+    return tuple(s * finest for s in level_shrink_factors(preset, fixed_spacing))
+
+
+def finest_level_request(request: EngineRequest) -> EngineRequest:
+    """``request`` with each image block-averaged to the grid elastix's finest level works on.
+
+    A 0.5 mm CT under the presets' 1 mm finest level is shrunk at every level anyway; given whole,
+    elastix writes, reads and smooths all of it per level (the 512x512x300 CT: 2.7 s of pyramid
+    preparation and 3 s in its middle level, of 7.4 s). Averaging blocks (BinShrink) puts each new
+    voxel at its block's centre, so no half-voxel shift enters; the finest level saw the image at
+    that voxel size anyway. The levels are then computed on the new grids (the same voxel sizes when the fine spacing
+    divides 1 mm; a 0.45 mm image's levels move by under a tenth). Masks stay as they are: elastix
+    looks them up by physical point.
+    """
+    targets = level_spacings_mm(request)
+
+    def at_finest_level(image: sitk.Image) -> sitk.Image:
+        # Never below MIN_VOXELS_PER_AXIS along an axis: a thin image stays readable.
+        factors = [min(f, max(1, n // MIN_VOXELS_PER_AXIS))
+                   for f, n in zip(pyramid_schedule(image.GetSpacing(), targets)[-1], image.GetSize())]
+        return image if all(f == 1 for f in factors) else sitk.BinShrink(image, factors)
+
+    fixed, moving = at_finest_level(request.fixed), at_finest_level(request.moving)
+    if fixed is request.fixed and moving is request.moving:
+        return request
+    return replace(request, fixed=fixed, moving=moving)
+
+
+def parameter_map(request: EngineRequest) -> ParameterMap:
+    """The elastix parameter map for ``request`` (pure: reads only image geometry and the preset)."""
+    preset = request.preset
+    levels = len(preset.shrink_factors)
+    targets = level_spacings_mm(request)
+    finest = min(request.fixed.GetSpacing())
+    fixed_spacing = request.fixed.GetSpacing()
     fixed_schedule = pyramid_schedule(fixed_spacing, targets)
     moving_schedule = pyramid_schedule(request.moving.GetSpacing(), targets)
     samples = spatial_samples(request.fixed.GetSize(), fixed_schedule, preset.sampling_fraction,
@@ -325,6 +360,9 @@ class ElastixEngine(ExternalProgramEngine[Path]):
             return Availability(False, f"{executable} --version did not print an elastix version "
                                        f"(printed {' / '.join(outcome.log[:2])!r}).")
         return Availability(True, f"elastix {version} at {executable}")
+
+    def run(self, request: EngineRequest, options: RunOptions) -> EngineOutput:
+        return super().run(finest_level_request(request), options)
 
     # --- skeleton hooks ------------------------------------------------------------------------
 
