@@ -3,10 +3,12 @@
 Realistic synthetic heads (MNI152 tissue maps with skull and scalp, modality-typical grids, random
 rigid misalignments up to 25 degrees and 30 mm) are written to files and registered by the product's
 batch (``register_batch`` on a ``LocalCluster``), as ``oneclick-register batch --workers N`` does.
-One worker gives each pair every core (engine threads = cores); N workers share them (cores / N
-threads each), so the ratio measures what running pairs side by side gains over threading inside
-one pair. Per pair: time, TRE against the truth (both runs must agree), peak memory of the worker
-and its engine, and bytes read and written.
+Three runs: one worker giving each pair every core (engine threads = cores, the batch's default),
+one worker with one thread per pair, and N workers sharing the cores (cores / N threads each). The
+first ratio (default one worker / N workers) is what running pairs side by side gains over
+threading inside one pair; the second (both at one thread per pair) is how the distribution scales
+with workers. Per pair: time, TRE against the truth (all runs must agree), peak memory of the
+worker and its engine, and bytes read and written.
 
     python Testing/Benchmarks/bench_cluster.py [--pairs 8] [--workers 2] [--coarsen 1.0] [--no-recover]
 
@@ -21,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -58,26 +61,27 @@ def main() -> None:
             truths[name] = synthetic_pair
         load_before = os.getloadavg()
         runs, idle_mb = {}, {}
-        for workers in (1, args.workers):
+        # (label, workers, threads per pair; None = the batch's default share of the cores)
+        configurations = [("1w", 1, None), ("1w1t", 1, 1), (f"{args.workers}w", args.workers, None)]
+        for tag, workers, threads in configurations:
             with cluster_client(workers=workers) as client:
                 # the workers are up before the clock starts; their size before any pair, for comparison
                 idle = client.run(lambda: __import__("psutil").Process().memory_info().rss / 1e6)
-                idle_mb[workers] = round(max(idle.values()), 1)
+                idle_mb[tag] = round(max(idle.values()), 1)
                 start = time.perf_counter()
-                outcomes = register_batch(pairs, root / f"out-{workers}", options=options, client=client,
-                                          show_progress=False)
-                runs[workers] = (time.perf_counter() - start, outcomes)
+                outcomes = register_batch(pairs, root / f"out-{tag}", options=replace(options, threads=threads),
+                                          client=client, show_progress=False)
+                runs[tag] = (time.perf_counter() - start, outcomes)
         load_after = os.getloadavg()
         per_pair = []
         for index, pair in enumerate(pairs):
             row: dict[str, object] = {"pair": pair.name}
-            for workers, (_, outcomes) in runs.items():
+            for tag, (_, outcomes) in runs.items():
                 outcome = outcomes[index]
-                tag = f"{workers}w"
                 row[f"status_{tag}"] = outcome.row["status"]
                 row[f"threads_{tag}"] = outcome.threads
                 row[f"s_{tag}"] = outcome.row.get("elapsed_s")
-                transform_file = root / f"out-{workers}" / pair.name / "transform.tfm"
+                transform_file = root / f"out-{tag}" / pair.name / "transform.tfm"
                 row[f"tre_mm_{tag}"] = (mean_tre(sitk.ReadTransform(str(transform_file)), truths[pair.name])
                                         if transform_file.is_file() else float("inf"))
                 if outcome.resources is not None:
@@ -85,23 +89,26 @@ def main() -> None:
                     row[f"read_mb_{tag}"] = outcome.resources.read_mb
                     row[f"written_mb_{tag}"] = outcome.resources.written_mb
             per_pair.append(row)
-    many = args.workers
-    wall_one, wall_many = runs[1][0], runs[many][0]
+    many = f"{args.workers}w"
+    wall = {tag: run[0] for tag, run in runs.items()}
     cores = usable_cores()
     summary = {
         "pairs": len(pairs),
         "cores": cores,
-        "wall_s_1_worker": round(wall_one, 1),
-        f"wall_s_{many}_workers": round(wall_many, 1),
-        "throughput_ratio": round(wall_one / wall_many, 3),
-        "pairs_per_hour_per_core": round(len(pairs) / (wall_many / 3600) / cores, 1),
+        "wall_s_1_worker": round(wall["1w"], 1),
+        "wall_s_1_worker_1_thread": round(wall["1w1t"], 1),
+        f"wall_s_{args.workers}_workers": round(wall[many], 1),
+        "throughput_ratio": round(wall["1w"] / wall[many], 3),
+        "throughput_ratio_same_threads": round(wall["1w1t"] / wall[many], 3),
+        "pairs_per_hour_per_core": round(len(pairs) / (wall[many] / 3600) / cores, 1),
         "idle_worker_mb": idle_mb[many],
-        "max_peak_mb_per_pair": max(float(r.get(f"peak_mb_{many}w", 0.0)) for r in per_pair),
+        "max_peak_mb_per_pair": max(float(r.get(f"peak_mb_{many}", 0.0)) for r in per_pair),
+        "max_tre_mm": round(max(float(r[f"tre_mm_{tag}"]) for r in per_pair for tag in runs), 3),
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in load_after],
     }
-    columns = ["pair", "s_1w", f"s_{many}w", "tre_mm_1w", f"tre_mm_{many}w", f"peak_mb_{many}w",
-               f"read_mb_{many}w", f"written_mb_{many}w", "peak_mb_1w"]
+    columns = ["pair", "s_1w", "s_1w1t", f"s_{many}", "tre_mm_1w", "tre_mm_1w1t", f"tre_mm_{many}",
+               f"peak_mb_{many}", f"read_mb_{many}", f"written_mb_{many}", "peak_mb_1w"]
     print_table(per_pair, columns)
     print()
     for key, value in summary.items():
