@@ -31,7 +31,7 @@ from ..errors import EngineError, EngineUnavailableError, InputError
 from ..images import MIN_VOXELS_PER_AXIS, write_text
 from ..presets import level_shrink_factors
 from ..process_runner import find_executable, log_tail, run_process
-from .base import Availability, EngineOutput, EngineRequest, EngineSettings, RegistrationEngine, RunOptions
+from .base import Availability, EngineRequest, EngineSettings, RegistrationEngine, RunOptions
 from .elastix_parameters import (
     ParameterMap,
     initial_transform_text,
@@ -150,9 +150,9 @@ def finest_level_request(request: EngineRequest) -> EngineRequest:
     elastix writes, reads and smooths all of it per level (the 512x512x300 CT: 2.7 s of pyramid
     preparation and 3 s in its middle level, of 7.4 s). Averaging blocks (BinShrink) puts each new
     voxel at its block's centre, so no half-voxel shift enters; the finest level saw the image at
-    that voxel size anyway. The levels are then computed on the new grids (the same voxel sizes when the fine spacing
-    divides 1 mm; a 0.45 mm image's levels move by under a tenth). Masks stay as they are: elastix
-    looks them up by physical point.
+    that voxel size anyway. The levels are then computed on the new grids (the same voxel sizes
+    when the fine spacing divides 1 mm; a 0.45 mm image's levels move by under a tenth). Masks stay
+    as they are: elastix looks them up by physical point.
     """
     targets = level_spacings_mm(request)
 
@@ -361,9 +361,6 @@ class ElastixEngine(ExternalProgramEngine[Path]):
                                        f"(printed {' / '.join(outcome.log[:2])!r}).")
         return Availability(True, f"elastix {version} at {executable}")
 
-    def run(self, request: EngineRequest, options: RunOptions) -> EngineOutput:
-        return super().run(finest_level_request(request), options)
-
     # --- skeleton hooks ------------------------------------------------------------------------
 
     def program(self) -> Path:
@@ -375,6 +372,9 @@ class ElastixEngine(ExternalProgramEngine[Path]):
     def parameters(self, request: EngineRequest) -> ParameterMap:
         """The parameter map elastix runs with (a subclass may adapt it with ``dict.update``)."""
         return parameter_map(request)
+
+    def adapt_request(self, request: EngineRequest) -> EngineRequest:
+        return finest_level_request(request)
 
     def write_initial_transform(self, request: EngineRequest, work: Path) -> str:
         write_text(initial_transform_text(request.initial_transform, request.fixed), work / INITIAL_FILE)

@@ -123,6 +123,7 @@ class ExternalProgramEngine(ABC, Generic[Program]):
         check_volume(request.fixed, role="fixed image")
         check_volume(request.moving, role="moving image")
         self.validate(request)
+        request = self.adapt_request(request)
         program = self.program()
         check_cancel(options, self.name)
         kept: list[str] = []
@@ -187,6 +188,10 @@ class ExternalProgramEngine(ABC, Generic[Program]):
 
     def validate(self, request: EngineRequest) -> None:
         """Refuse, with InputError, a request this engine cannot run (before anything is written)."""
+
+    def adapt_request(self, request: EngineRequest) -> EngineRequest:
+        """The request as this program should receive it (a valid one; e.g. images on a coarser grid)."""
+        return request
 
     def prepare_image(self, image: sitk.Image) -> sitk.Image:
         """The image as the program should read it."""
