@@ -39,6 +39,7 @@ CancelCheck = Callable[[], bool]
 TEMP_PREFIX = "oneclickreg-"
 LOG_TAIL_LINES = 25
 _POLL_S = 0.05
+_READER_GRACE_S = 2.0  # how long a stopped run waits for its log reader to see the end of the pipe
 _KILL_GRACE_S = 1.0
 _OWNER_FILE = ".owner"
 
@@ -105,9 +106,13 @@ def _with_parent_death(argv: list[str]) -> list[str]:
 
 
 def _pump(stream, lines: queue.Queue[str | None]) -> None:
-    for line in iter(stream.readline, ""):
-        lines.put(line.rstrip("\r\n"))
-    lines.put(None)
+    try:
+        for line in iter(stream.readline, ""):
+            lines.put(line.rstrip("\r\n"))
+    except (ValueError, OSError):
+        pass  # the stream was closed under the reader: the run was stopped (cancel, timeout, a signal)
+    finally:
+        lines.put(None)
 
 
 def run_process(
@@ -186,6 +191,9 @@ def run_process(
         _kill_tree(process)
         raise
     finally:
+        # The tree is gone, so the pipe is at its end and the reader stops by itself; closing the
+        # stream under a reader still in readline would make it fail instead.
+        reader.join(timeout=_READER_GRACE_S)
         if process.stdout is not None:
             process.stdout.close()
     if returncode != 0:
