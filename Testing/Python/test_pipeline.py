@@ -108,16 +108,16 @@ def test_wrong_transforms_are_flagged_and_the_truth_is_good(t1_t2_pair: syntheti
 # (the canary, see README) fails it.
 GRID_TOLERANCE_MM = {
     ("fine_vs_coarse", "simpleitk"): 0.18,  # measured 0.092 (0.29 with the canary)
-    ("fine_vs_coarse", "ants"): 0.17,  # measured 0.112 (0.25 with the canary)
+    ("fine_vs_coarse", "ants"): 0.17,  # measured 0.123 with 1 thread (0.25 with the canary)
     ("fine_vs_coarse", "brainsfit"): 0.28,  # measured 0.223 (0.34 with the canary)
     ("thick_slices", "simpleitk"): 0.38,  # measured 0.304 (0.46 with the canary)
     ("thick_slices", "elastix"): 0.26,  # measured 0.211 (0.30 with the canary)
-    ("thick_slices", "ants"): 0.2,  # measured 0.143 (0.26 with the canary)
+    ("thick_slices", "ants"): 0.2,  # measured 0.133 with 1 thread (0.28 with the canary)
     ("oblique", "elastix"): 0.18,  # measured 0.140 (0.21 with the canary)
     ("oblique", "brainsfit"): 0.18,  # measured 0.089 (0.28 with the canary)
     ("flipped", "simpleitk"): 0.15,  # measured 0.074 (0.31 with the canary)
     ("flipped", "elastix"): 0.18,  # measured 0.088 (0.27 with the canary)
-    ("flipped", "ants"): 0.2,  # measured 0.101 (0.32 with the canary)
+    ("flipped", "ants"): 0.2,  # measured 0.051 with 1 thread (0.32 with the canary)
     ("flipped", "brainsfit"): 0.2,  # measured 0.138 (0.40 with the canary)
 }
 
@@ -129,8 +129,11 @@ def test_clinical_grids_register_accurately_with_every_engine(case: str, engine:
     if not availability.available:
         pytest.skip(f"{engine} is not installed here: {availability.detail}")
     pair = grid_case(case)
+    # ANTs with two or more threads varies from run to run (thread order in its metric sums; 0.11-0.21
+    # mm on the thick-slice case): one thread measures the engine, not the scheduling.
     result = register(pair.fixed, pair.moving, fixed_modality=pair.fixed_modality.value,
-                      moving_modality=pair.moving_modality.value, engine=engine, recover=False)
+                      moving_modality=pair.moving_modality.value, engine=engine, recover=False,
+                      threads=1 if engine == "ants" else None)
     error = mean_error_mm(result.transform, pair)
     assert error < GRID_TOLERANCE_MM[case, engine], f"{GRID_CASES[case].description}: mean error {error:.3f} mm"
     assert result.verdict.label == "good", result.verdict.reasons
