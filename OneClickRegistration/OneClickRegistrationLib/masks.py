@@ -191,20 +191,15 @@ class Overlap(NamedTuple):
     head_voxels: int
 
 
-def overlap_mask(fixed_head: sitk.Image, moving: sitk.Image, transform: sitk.Transform, *,
-                 margin_mm: float = OVERLAP_MARGIN_MM) -> sitk.Image | None:
+def head_overlap(fixed_head: sitk.Image, moving: sitk.Image, transform: sitk.Transform, *,
+                 margin_mm: float = OVERLAP_MARGIN_MM) -> Overlap:
     """Where the engines should sample a partial field of view: fixed head inside the moving domain.
 
     The moving domain (less ``margin_mm`` at its border) is mapped onto the fixed grid through
-    ``transform`` (fixed -> moving). Returns None when the fixed head lies (almost) entirely inside it,
-    and also when the intersection is empty (then there is nothing better to offer than the whole image).
+    ``transform`` (fixed -> moving). The mask is None when the fixed head lies (almost) entirely inside
+    it, and also when the intersection is empty (``inside_voxels == 0``: then there is nothing better to
+    offer than the whole image); the counts are those the choice was made on.
     """
-    return head_overlap(fixed_head, moving, transform, margin_mm=margin_mm).mask
-
-
-def head_overlap(fixed_head: sitk.Image, moving: sitk.Image, transform: sitk.Transform, *,
-                 margin_mm: float = OVERLAP_MARGIN_MM) -> Overlap:
-    """:func:`overlap_mask` with the counts it was decided on (an empty overlap is ``inside_voxels == 0``)."""
     size = moving.GetSize()
     border = [min(round(margin_mm / s), (n - 1) // 2) for n, s in zip(size, moving.GetSpacing())]
     inner = np.zeros(size[::-1], dtype=np.uint8)

@@ -289,7 +289,7 @@ def engine_request(pair: PreparedPair, preset: Preset, initial: sitk.Transform, 
 
     Partial fields of view by design: the engine samples only where the two images overlap. A partial
     overlap gives the engine a fixed mask, the fixed head inside the moving domain mapped through
-    ``initial`` (:func:`.masks.overlap_mask`); with the engines of :data:`REVERSES_SLABS`, a moving slab
+    ``initial`` (:func:`.masks.head_overlap`); with the engines of :data:`REVERSES_SLABS`, a moving slab
     under a whole fixed head is instead registered the other way round (the slab as the fixed image,
     with the reversed pair's preset: every sample lies in the slab and inside the head) and the result
     inverted back. Masks the user gave restrict the engine's sampling too (the overlap mask is drawn

@@ -158,18 +158,18 @@ def test_unknown_modality_is_an_input_error():
         head_mask(sitk.Image([4, 4, 4], sitk.sitkUInt8), modality="PET")
 
 
-def test_overlap_mask_is_the_fixed_head_inside_a_slab_and_none_for_a_whole_head():
-    from OneClickRegistrationLib.masks import OVERLAP_MARGIN_MM, overlap_mask
+def test_head_overlap_is_the_fixed_head_inside_a_slab_and_none_for_a_whole_head():
+    from OneClickRegistrationLib.masks import OVERLAP_MARGIN_MM, head_overlap
 
     subject = synthetic.make_subject(resolution_mm=2.5)
     center = subject.head_center
     fixed = synthetic.render("CT", synthetic.typical_grid("CT", center, coarsen=COARSEN), resolution_mm=2.5)
     fixed_head = head_mask(fixed, modality="CT")
     whole = synthetic.render("T1", synthetic.typical_grid("T1", center, coarsen=COARSEN), resolution_mm=2.5)
-    assert overlap_mask(fixed_head, whole, sitk.Euler3DTransform()) is None
+    assert head_overlap(fixed_head, whole, sitk.Euler3DTransform()).mask is None
     slab_grid = synthetic.Grid.centered(center, (200.0, 240.0, 60.0), (3.0, 3.0, 3.0))
     slab = synthetic.render("T1", slab_grid, resolution_mm=2.5)
-    mask = overlap_mask(fixed_head, slab, sitk.Euler3DTransform())
+    mask = head_overlap(fixed_head, slab, sitk.Euler3DTransform()).mask
     assert mask is not None and metrics.same_grid(mask, fixed)
     inside = sitk.GetArrayViewFromImage(mask) > 0
     head = sitk.GetArrayViewFromImage(fixed_head) > 0
@@ -181,7 +181,7 @@ def test_overlap_mask_is_the_fixed_head_inside_a_slab_and_none_for_a_whole_head(
     assert rows.sum() >= 2
     # the same slab moved out of the head leaves nothing better to offer than the whole image
     away = sitk.TranslationTransform(3, (0.0, 0.0, 400.0))
-    assert overlap_mask(fixed_head, slab, away) is None
+    assert head_overlap(fixed_head, slab, away).mask is None
 
 
 @pytest.mark.parametrize("factors", [(2, 2, 2), (3, 3, 1), (4, 4, 4), (6, 6, 6), (5, 3, 2)])
@@ -224,8 +224,8 @@ def test_of_equal_components_the_first_in_raster_order_is_kept():
 
 
 @pytest.mark.parametrize("shift_mm", [0.0, 8.0, 30.0, 90.0])
-def test_overlap_mask_is_the_voxel_count_rule_whatever_the_shift(shift_mm):
-    from OneClickRegistrationLib.masks import OVERLAP_MARGIN_MM, WHOLE_OVERLAP_SHARE, overlap_mask
+def test_head_overlap_is_the_voxel_count_rule_whatever_the_shift(shift_mm):
+    from OneClickRegistrationLib.masks import OVERLAP_MARGIN_MM, WHOLE_OVERLAP_SHARE, head_overlap
 
     subject = synthetic.make_subject(resolution_mm=2.5)
     center = subject.head_center
@@ -243,7 +243,7 @@ def test_overlap_mask_is_the_voxel_count_rule_whatever_the_shift(shift_mm):
     mapped = sitk.GetArrayFromImage(sitk.Resample(domain, fixed, transform, sitk.sitkNearestNeighbor, 0)) > 0
     head = sitk.GetArrayFromImage(fixed_head) > 0
     inside = head & mapped
-    found = overlap_mask(fixed_head, moving, transform)
+    found = head_overlap(fixed_head, moving, transform).mask
     if inside.sum() == 0 or inside.sum() >= WHOLE_OVERLAP_SHARE * head.sum():
         assert found is None
     else:
