@@ -173,8 +173,8 @@ def parameter_map(request: EngineRequest) -> ParameterMap:
     preset = request.preset
     levels = len(preset.shrink_factors)
     targets = level_spacings_mm(request)
-    finest = min(request.fixed.GetSpacing())
     fixed_spacing = request.fixed.GetSpacing()
+    finest = min(fixed_spacing)
     fixed_schedule = pyramid_schedule(fixed_spacing, targets)
     moving_schedule = pyramid_schedule(request.moving.GetSpacing(), targets)
     samples = spatial_samples(request.fixed.GetSize(), fixed_schedule, preset.sampling_fraction,
