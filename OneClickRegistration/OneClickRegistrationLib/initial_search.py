@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .masks import shrink_mask
+from .side_by_side import side_by_side
 
 SEARCH_SPACING_MM = 6.0
 MAX_POINTS = 1500
@@ -49,6 +50,8 @@ SHIFT_STEP_MM = 4.0
 PARTIAL_EXTENT_MM = 120.0  # an image thinner than this along an axis does not hold a whole head
 # A candidate is eligible only when its overlap reaches this share of the best overlap found.
 MIN_OVERLAP_SHARE = 0.7
+# Rounds of at least this many candidates are split over two threads (below, threads cost more than they save).
+SIDE_BY_SIDE_MIN_CANDIDATES = 64
 _SEED = 20261129
 
 
@@ -149,7 +152,19 @@ def _matrices(params: np.ndarray, center: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def _scores(problem: _Problem, params: np.ndarray, center: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Metric value and overlap share (of the sample points) for each candidate (K, 6)."""
+    """Metric value and overlap share (of the sample points) for each candidate (K, 6).
+
+    Candidates are independent: a large round is scored in two halves side by side.
+    """
+    if len(params) < SIDE_BY_SIDE_MIN_CANDIDATES:
+        return _scores_of(problem, params, center)
+    half = len(params) // 2
+    (first, first_overlap), (second, second_overlap) = side_by_side(
+        lambda: _scores_of(problem, params[:half], center), lambda: _scores_of(problem, params[half:], center))
+    return np.concatenate([first, second]), np.concatenate([first_overlap, second_overlap])
+
+
+def _scores_of(problem: _Problem, params: np.ndarray, center: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rotation, offset = _matrices(params, center)
     # Physical -> continuous moving index folded into one affine map per candidate.
     linear = np.einsum("ij,kjl->kil", problem.to_index, rotation).astype(np.float32)

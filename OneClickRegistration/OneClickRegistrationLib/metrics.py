@@ -36,9 +36,7 @@ float32 when float32 holds each of its values exactly (8/16-bit integers, float3
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, overload
 
@@ -47,6 +45,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .images import EXACT_IN_FLOAT32, bounding_box, check_volume, grid_text, same_grid
+from .side_by_side import side_by_side
 
 Metric = Literal["ncc", "mi", "nmi"]
 ScoreStatus = Literal["ok", "empty_overlap", "small_overlap", "zero_variance"]
@@ -660,16 +659,14 @@ def _accumulate(flat_f: np.ndarray, flat_m: np.ndarray, use: np.ndarray | None, 
                 bins: int) -> _Statistics:
     """Moments and (if ``bins``) the joint histogram over the overlap.
 
-    Large volumes are split into two fixed halves processed on two threads (numpy releases the GIL
+    Large volumes are split into two fixed halves processed side by side (numpy releases the GIL
     in its loops) and merged in order, so results do not depend on the machine's core count.
     """
     if flat_f.size < _PARALLEL_MIN_VOXELS:
         return _accumulate_range(flat_f, flat_m, use, sides, bins, 0, flat_f.size)
     middle = (flat_f.size // 2) // _CHUNK * _CHUNK
-    bounds = [(0, middle), (middle, flat_f.size)]
-    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
-        parts = list(pool.map(lambda b: _accumulate_range(flat_f, flat_m, use, sides, bins, *b), bounds))
-    first, second = parts
+    first, second = side_by_side(lambda: _accumulate_range(flat_f, flat_m, use, sides, bins, 0, middle),
+                                 lambda: _accumulate_range(flat_f, flat_m, use, sides, bins, middle, flat_f.size))
     for side, other in ((first.fixed, second.fixed), (first.moving, second.moving)):
         side.total += other.total
         side.squares += other.squares

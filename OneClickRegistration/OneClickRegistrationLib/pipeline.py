@@ -28,6 +28,7 @@ from .options import ImageInfo, RegistrationOptions, from_shortcuts
 from .preparation import check_pyramid, initial_alignment, prepare_pair
 from .presets import Preset, preset_for
 from .recovery import recover
+from .side_by_side import side_by_side
 from .stage_times import StageTimes
 from .transforms import to_matrix
 from .verdict import Verdict
@@ -179,14 +180,16 @@ def _resolve_engines(preset: Preset, engine: str | None) -> tuple[str, list[str]
 def _recognise(
     fixed: sitk.Image, moving: sitk.Image, fixed_info: ImageInfo, moving_info: ImageInfo, transform: TransformKind
 ) -> tuple[ModalityEvidence, ModalityEvidence, Preset]:
-    """Check both images, recognise their modalities and pick the pair's preset."""
-    evidence = []
-    for image, role, info in ((fixed, "fixed image", fixed_info), (moving, "moving image", moving_info)):
+    """Check both images, recognise their modalities (side by side) and pick the pair's preset."""
+    def recognised(image: sitk.Image, role: str, info: ImageInfo) -> ModalityEvidence:
         check_registrable(image, role=role)
         # An image read from DICOM or NIfTI carries its own header: use it when no tags were given.
         tags = info.metadata if info.metadata is not None else metadata_from_image(image)
-        evidence.append(detect_modality(image, name=info.name, metadata=tags, user_choice=info.modality))
-    return evidence[0], evidence[1], preset_for(evidence[0].modality, evidence[1].modality, transform=transform)
+        return detect_modality(image, name=info.name, metadata=tags, user_choice=info.modality)
+
+    fixed_ev, moving_ev = side_by_side(lambda: recognised(fixed, "fixed image", fixed_info),
+                                       lambda: recognised(moving, "moving image", moving_info))
+    return fixed_ev, moving_ev, preset_for(fixed_ev.modality, moving_ev.modality, transform=transform)
 
 
 def register(

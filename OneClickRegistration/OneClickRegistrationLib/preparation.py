@@ -19,6 +19,7 @@ from .masks import OVERLAP_MARGIN_MM, head_mask, head_overlap
 from .metrics import DEFAULT_MIN_OVERLAP_VOXELS
 from .modality import Modality
 from .presets import Preset, level_shrink_factors, preset_for
+from .side_by_side import side_by_side
 
 _QUANTILE_SAMPLE = 200_000  # voxels sampled to estimate winsorizing quantiles (exact enough, fast)
 # Pixel types whose every value float32 holds exactly; the others may need a shift first.
@@ -195,24 +196,23 @@ def prepare_pair(
     moving_mask: sitk.Image | None = None,
 ) -> PreparedPair:
     """Prepare both images for ``preset`` and compute (or check) their head masks."""
-    notes: list[str] = []
-    # Masks first: their full-grid temporaries then never sit beside the float32 copies.
-    fixed_head = (
-        _check_mask(fixed_mask, fixed, "fixed")
-        if fixed_mask is not None
-        else head_mask(fixed, modality=preset.fixed_modality)
+    # Masks first: their full-grid temporaries then never sit beside the float32 copies. Each step
+    # does the two images side by side (independent work, two cores).
+    fixed_head, moving_head = side_by_side(
+        lambda: _check_mask(fixed_mask, fixed, "fixed") if fixed_mask is not None
+        else head_mask(fixed, modality=preset.fixed_modality),
+        lambda: _check_mask(moving_mask, moving, "moving") if moving_mask is not None
+        else head_mask(moving, modality=preset.moving_modality),
     )
-    moving_head = (
-        _check_mask(moving_mask, moving, "moving")
-        if moving_mask is not None
-        else head_mask(moving, modality=preset.moving_modality)
+    fixed_notes: list[str] = []
+    moving_notes: list[str] = []
+    fixed_p, moving_p = side_by_side(
+        lambda: prepare_intensities(fixed, preset.fixed_modality, preset.fixed_ct_window, preset.winsorize,
+                                    role="fixed", notes=fixed_notes),
+        lambda: prepare_intensities(moving, preset.moving_modality, preset.moving_ct_window, preset.winsorize,
+                                    role="moving", notes=moving_notes),
     )
-    fixed_p = prepare_intensities(
-        fixed, preset.fixed_modality, preset.fixed_ct_window, preset.winsorize, role="fixed", notes=notes
-    )
-    moving_p = prepare_intensities(
-        moving, preset.moving_modality, preset.moving_ct_window, preset.winsorize, role="moving", notes=notes
-    )
+    notes = fixed_notes + moving_notes
     return PreparedPair(fixed_p, moving_p, fixed_head, moving_head, tuple(notes), preset.score_metric,
                         fixed_mask_given=fixed_mask is not None, moving_mask_given=moving_mask is not None)
 
