@@ -188,7 +188,8 @@ def _recognise(
         return detect_modality(image, name=info.name, metadata=tags, user_choice=info.modality)
 
     fixed_ev, moving_ev = side_by_side(lambda: recognised(fixed, "fixed image", fixed_info),
-                                       lambda: recognised(moving, "moving image", moving_info))
+                                       lambda: recognised(moving, "moving image", moving_info),
+                                       images=((fixed,), (moving,)))
     return fixed_ev, moving_ev, preset_for(fixed_ev.modality, moving_ev.modality, transform=transform)
 
 

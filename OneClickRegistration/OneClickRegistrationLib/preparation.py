@@ -203,6 +203,7 @@ def prepare_pair(
         else head_mask(fixed, modality=preset.fixed_modality),
         lambda: _check_mask(moving_mask, moving, "moving") if moving_mask is not None
         else head_mask(moving, modality=preset.moving_modality),
+        images=((fixed, fixed_mask), (moving, moving_mask)),
     )
     fixed_notes: list[str] = []
     moving_notes: list[str] = []
@@ -211,6 +212,7 @@ def prepare_pair(
                                     role="fixed", notes=fixed_notes),
         lambda: prepare_intensities(moving, preset.moving_modality, preset.moving_ct_window, preset.winsorize,
                                     role="moving", notes=moving_notes),
+        images=((fixed,), (moving,)),
     )
     notes = fixed_notes + moving_notes
     return PreparedPair(fixed_p, moving_p, fixed_head, moving_head, tuple(notes), preset.score_metric,

@@ -29,7 +29,6 @@ from .images import bounding_box
 from .masks import shrink_mask
 from .metrics import ScoreResult, score
 from .preparation import STATISTICS_SPACING_MM, PreparedPair
-from .side_by_side import side_by_side
 from .transforms import compose
 
 Label = Literal["good", "questionable", "failed"]
@@ -138,18 +137,16 @@ def local_optimum_gain(
     if not base.ok or base.value is None:
         return None
     center = _head_center(head, fixed)
-    perturbations = _perturbations(center, thresholds.perturbation_mm * scale, thresholds.perturbation_deg)
-
-    def values(chosen: list[sitk.Euler3DTransform]) -> list[float]:
-        trials = (score(fixed, pair.moving, transform=compose(p, transform), metric=metric, fixed_mask=head)
-                  for p in chosen)
-        return [trial.value for trial in trials if trial.ok and trial.value is not None]
-
-    # Twelve independent scores: half each side by side (the best is the same in any order).
-    some, others = side_by_side(lambda: values(perturbations[::2]), lambda: values(perturbations[1::2]))
-    if not some and not others:
+    best = -math.inf
+    for perturbation in _perturbations(center, thresholds.perturbation_mm * scale, thresholds.perturbation_deg):
+        trial = score(
+            fixed, pair.moving, transform=compose(perturbation, transform), metric=metric, fixed_mask=head
+        )
+        if trial.ok and trial.value is not None:
+            best = max(best, trial.value - base.value)
+    if best == -math.inf:
         return None
-    return (max(some + others) - base.value) / max(abs(base.value), 1e-6)
+    return best / max(abs(base.value), 1e-6)
 
 
 def dice_ceiling(pair: PreparedPair) -> float:

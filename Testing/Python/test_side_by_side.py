@@ -1,5 +1,6 @@
 """The fixed and the moving image's work side by side: the same results as one after the other, errors
-in order, nothing left running, and one core only when a cohort gives a pair one thread."""
+in order, nothing left running, one after the other for an image registered to itself (one SimpleITK
+image must not be read from two threads), and one core only when a cohort gives a pair one thread."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from OneClickRegistrationLib.options import ImageInfo
 from OneClickRegistrationLib.pipeline import _recognise
 from OneClickRegistrationLib.preparation import initial_alignment, prepare_pair
 from OneClickRegistrationLib.side_by_side import may_use_two_cores, side_by_side
-from OneClickRegistrationLib.verdict import local_optimum_gain
 
 
 @pytest.fixture
@@ -41,7 +41,6 @@ def _everything_side_by_side_touches(pair) -> dict[str, object]:
                                                      prepared.moving_head)),
         "start": start.GetParameters() + start.GetFixedParameters(),
         "score": score_on(prepared, pair.truth, preset.score_metric).value,
-        "perturbation_gain": local_optimum_gain(prepared, pair.truth, preset.score_metric),
     }
 
 
@@ -88,3 +87,23 @@ def test_the_first_error_is_raised_and_the_second_piece_has_ended_by_then(itk_th
     assert ended.is_set()  # nothing keeps running behind the error
     with pytest.raises(RuntimeError, match="second"):
         side_by_side(lambda: "fine", slow_second)
+
+
+def test_one_image_object_on_both_sides_is_read_by_one_thread(t1_ct_pair, itk_threads):
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
+    image, other = t1_ct_pair.fixed, t1_ct_pair.moving
+    caller = threading.get_ident()
+    same = side_by_side(threading.get_ident, threading.get_ident, images=((image, None), (image,)))
+    assert same == (caller, caller)
+    apart = side_by_side(threading.get_ident, threading.get_ident, images=((image, None), (other, None)))
+    assert apart[0] == caller and apart[1] != caller
+
+
+def test_an_image_registered_to_itself_gets_the_same_preparation_as_two_copies(t1_ct_pair, itk_threads):
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
+    image = t1_ct_pair.fixed
+    _, _, preset = _recognise(image, image, ImageInfo(), ImageInfo(), "rigid")
+    itself = prepare_pair(image, image, preset)
+    copies = prepare_pair(image, sitk.Image(image), preset)  # a second wrapper: side by side
+    assert [_digest(i) for i in (itself.fixed, itself.moving, itself.fixed_head, itself.moving_head)] == \
+        [_digest(i) for i in (copies.fixed, copies.moving, copies.fixed_head, copies.moving_head)]
