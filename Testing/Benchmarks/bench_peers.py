@@ -124,6 +124,7 @@ class Outcome:
     attempts: int | None = None
     verdict: str | None = None
     engine: str | None = None
+    engine_s: float | None = None  # ours: the engine's own seconds (report.json's timings_s["engine"])
     error: str = ""
 
     @property
@@ -134,7 +135,7 @@ class Outcome:
 def run_ours(pair: synthetic.SyntheticPair, engine: str | None) -> tuple[sitk.Transform, dict[str, object]]:
     result = register(pair.fixed, pair.moving, engine=engine)
     return result.transform, {"attempts": len(result.attempts), "verdict": result.verdict.label,
-                              "engine": result.engine}
+                              "engine": result.engine, "engine_s": result.timings_s["engine"]}
 
 
 def run_slicerelastix(pair: synthetic.SyntheticPair, parameters: str, elastix: str) -> sitk.Transform:
@@ -222,6 +223,9 @@ def per_case_rows(outcomes: Sequence[Outcome], cases: Sequence[PeerCase]) -> lis
             row["meets_target"] = bool(ours.tre_mm <= max(TARGET_RATIO * best, TARGET_FLOOR_MM))
             for peer in peers:
                 row[f"time_vs_{peer.method}"] = ours.seconds / peer.seconds
+                if ours.engine_s is not None:
+                    # What the ratio would be if nothing but our engine ran: a floor for the whole run's.
+                    row[f"engine_vs_{peer.method}"] = ours.engine_s / peer.seconds
         rows.append(row)
     return rows
 
@@ -331,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = per_case_rows(outcomes, cases)
     columns = ["case", "kind", "pair", "ours_mm", "ours_s", "attempts", "verdict", "sitk_mm", "sitk_s",
                "sitk_attempts", "sitk_verdict", *(f"{p}_mm" for p in PEERS if p in runners), "ours_over_best",
-               "meets_target", *(f"time_vs_{p}" for p in PEERS if p in runners)]
+               "meets_target", *(f"time_vs_{p}" for p in PEERS if p in runners),
+               *(f"engine_vs_{p}" for p in PEERS if p in runners)]
     print()
     bc.print_table(rows, [c for c in columns if any(c in r for r in rows)])
     print()
@@ -340,6 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     met = [r["meets_target"] for r in rows if "meets_target" in r]
     print(f"\nours within max({TARGET_RATIO}x best peer, {TARGET_FLOOR_MM} mm) on {sum(met)}/{len(met)} cases; "
           "time_vs_<peer> = our wall time / the peer's on the same case (< 1: faster).")
+    for peer in (p for p in PEERS if p in runners):
+        whole = [r[f"time_vs_{peer}"] for r in rows if f"time_vs_{peer}" in r]
+        engine = [r[f"engine_vs_{peer}"] for r in rows if f"engine_vs_{peer}" in r]
+        if whole and engine:
+            print(f"median per-case ratio to {peer}: whole run {statistics.median(whole):.2f}, "
+                  f"our engine alone {statistics.median(engine):.2f}")
     path = _write(args.name, coarsen, per_kind, sources, cases, outcomes, complete=True)
     print(f"wrote {path}")
     return 0
