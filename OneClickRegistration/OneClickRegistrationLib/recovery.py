@@ -10,19 +10,18 @@ Candidates, in order:
 
 Every candidate is scored on the same prepared pair with the same metric and fixed head mask as
 the first result, so the comparison is valid. Recovery stops at the first candidate judged ``good``;
-otherwise the best-scoring one is kept. A time budget caps the total; candidates run in parallel when
-the machine has cores to spare.
+otherwise the best-scoring one is kept. A time budget caps the total.
+
+Candidates run one after the other, each engine with every thread it may use. They share the
+prepared pair's SimpleITK images, which two threads must not read at once: a numpy view first makes
+its image's buffer unique, which copies the buffer while another thread's filter holds it and frees
+the old one under views already taken (four threads scoring one pair crashed the process).
 """
 
 from __future__ import annotations
 
-import os
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
@@ -101,12 +100,6 @@ def recover(
     budget = options.time_budget_s if options.time_budget_s is not None else default_budget
     progress(0.0, "Searching starting points on a coarse grid")
     candidates = _candidates(pair, preset, first, options.engine)
-    # A thread budget (a batch running several pairs per machine) bounds the candidates run at once too.
-    cores = options.threads or os.cpu_count() or 1
-    workers = max(1, cores // 2) if cores >= 4 else 1
-    # Ctrl-C/SIGTERM reach the main thread only: the candidates running in workers see this stop.
-    stop, user_cancel = threading.Event(), options.cancel
-    options = replace(options, cancel=lambda: stop.is_set() or (user_cancel is not None and user_cancel()))
 
     def attempt(candidate: Candidate) -> Attempt:
         began = time.perf_counter()
@@ -115,10 +108,9 @@ def recover(
         if remaining <= 0:
             return Attempt(candidate.engine, candidate.start, candidate.initial, error="skipped: time budget used up")
         limit = remaining if options.timeout_s is None else min(options.timeout_s, remaining)
-        run_options = options.run_options(timeout_s=limit, threads=options.threads if workers == 1 else 2)
         try:
             return run_attempt(pair, preset, engine=candidate.engine, initial=candidate.initial,
-                               start=candidate.start, options=run_options)
+                               start=candidate.start, options=options.run_options(timeout_s=limit))
         except CancelledError:
             raise
         except OneClickError as exc:
@@ -127,34 +119,12 @@ def recover(
 
     attempts: list[Attempt] = []
     score_before = score_on(pair, None, preset.score_metric)
-    with _mapper(workers) as run_all:
-        try:
-            for index, done in enumerate(run_all(attempt, candidates)):
-                progress((index + 1) / len(candidates), f"Candidate {index + 1}/{len(candidates)}: {done.start}")
-                if done.transform is not None and done.score is not None and done.score.ok:
-                    done = judged(done, pair, score_before=score_before)
-                attempts.append(done)
-                if done.verdict is not None and done.verdict.label == "good":
-                    stop.set()  # a good result ends the search: the clinician is waiting
-                    break
-        except BaseException:
-            stop.set()  # before the pool waits for its running candidates
-            raise
+    for index, candidate in enumerate(candidates):
+        done = attempt(candidate)
+        progress((index + 1) / len(candidates), f"Candidate {index + 1}/{len(candidates)}: {done.start}")
+        if done.transform is not None and done.score is not None and done.score.ok:
+            done = judged(done, pair, score_before=score_before)
+        attempts.append(done)
+        if done.verdict is not None and done.verdict.label == "good":
+            break  # a good result ends the search: the clinician is waiting
     return tuple(attempts)
-
-
-_Map = Callable[[Callable[[Candidate], Attempt], list[Candidate]], Iterator[Attempt]]
-
-
-@contextmanager
-def _mapper(workers: int) -> Iterator[_Map]:
-    """``map`` inline for one worker (no thread to reason about when there is no gain), else over a
-    pool whose pending candidates are dropped when the run ends early (cancel, error)."""
-    if workers == 1:
-        yield lambda fn, items: iter(map(fn, items))
-        return
-    pool = ThreadPoolExecutor(max_workers=workers)
-    try:
-        yield lambda fn, items: iter(pool.map(fn, items))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)

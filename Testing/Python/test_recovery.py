@@ -3,6 +3,8 @@ it does not run at all when the first attempt is judged good."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import SimpleITK as sitk
 from accuracy_cases import mean_error_mm
@@ -52,3 +54,30 @@ def test_recovery_does_not_run_when_the_first_attempt_is_good(t1_t2_pair: synthe
     assert len(result.attempts) == 1  # no candidate was tried
     assert not any("other starting points" in m or "Candidate" in m for m in messages), messages
     assert not any("Recovery" in note for note in result.notes)
+
+
+def test_candidates_run_one_at_a_time_in_the_calling_thread_even_with_many_threads(
+        turned_head: synthetic.SyntheticPair, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Four threads scoring one prepared pair crashed the process (a numpy view makes a SimpleITK
+    # image's buffer unique and frees it under another thread's view): with 4 threads, which once meant
+    # two candidates at a time, every candidate must still run in the caller's thread, one at a time.
+    # The wrapper below only records where and when the real run_attempt runs.
+    from OneClickRegistrationLib import recovery
+
+    caller, running, seen = threading.get_ident(), [], []
+    real = recovery.run_attempt
+
+    def recorded(*args, **kwargs):
+        running.append(1)
+        seen.append((threading.get_ident(), len(running)))
+        try:
+            return real(*args, **kwargs)
+        finally:
+            running.pop()
+
+    monkeypatch.setattr(recovery, "run_attempt", recorded)
+    result = register(turned_head.fixed, turned_head.moving, fixed_modality="T1", moving_modality="T2",
+                      engine="elastix", recover=True, initial_transform=sitk.Euler3DTransform(), threads=4)
+    assert seen, "recovery ran"  # two workers would have started two candidates in pool threads here
+    assert all(thread == caller and at_once == 1 for thread, at_once in seen), seen
+    assert mean_error_mm(result.transform, turned_head) < RECOVERED_TOLERANCE_MM
