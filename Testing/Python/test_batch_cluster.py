@@ -227,10 +227,16 @@ def test_a_worker_killed_mid_pair_is_replaced_and_the_pair_retried(client, tmp_p
 
 def test_a_pair_whose_worker_dies_twice_is_failed_and_the_others_finish(client, tmp_path) -> None:
     thread, box, out = _batch_of_three_in_background(client, tmp_path)
-    killed = []
+    killed: list[tuple[str, int]] = []
     for attempt in ("first", "second"):
-        address, pid, _ = _wait_for(lambda: (found := _running_engine(client, "-case1-")) and found[0] not in
-                                    [k[0] for k in killed] and found, f"case1's {attempt} attempt to run")
+        found = _wait_for(lambda: ((running := _running_engine(client, "-case1-")) and running[0] not in
+                                   [k[0] for k in killed] and running) or (killed and not thread.is_alive()),
+                          f"case1's {attempt} attempt to run")
+        if found is True:
+            # The batch ended before the retry was seen: LocalCluster sometimes closes the nanny it has
+            # just restarted, and the retry's worker goes with it (a second death all the same).
+            break
+        address, pid, _ = found
         os.kill(pid, signal.SIGKILL)
         killed.append((address, pid))
     thread.join(timeout=600)
