@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
@@ -88,10 +89,15 @@ def cluster_client(*, workers: int | None = None, scheduler: str | None = None) 
             scratch = tempfile.TemporaryDirectory(prefix="oneclick-dask-")
             settings = {"distributed.scheduler.allowed-failures": ALLOWED_WORKER_DEATHS,
                         "temporary-directory": scratch.name}  # the scheduler's scratch space too
-            with dask.config.set(settings):
+            # Dask's own logs stay quiet up to errors: a worker losing its heartbeat while Ctrl-C shuts
+            # the cluster down logs a traceback, and every failure a user must know of is reported per
+            # pair by this module. The scheduler's HTTP routes warn when port 8787 is taken (another
+            # cluster on the machine) and move to another port: nothing to tell the user either.
+            with dask.config.set(settings), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
                 cluster = distributed.LocalCluster(
                     n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                    dashboard_address=None, silence_logs=logging.ERROR, local_directory=scratch.name,
+                    dashboard_address=None, silence_logs=logging.CRITICAL, local_directory=scratch.name,
                 )
             client = distributed.Client(cluster)
         else:

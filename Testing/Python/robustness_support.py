@@ -175,8 +175,10 @@ elif behaviour == "fail":
     sys.exit(3)
 elif behaviour == "hang":
     child = subprocess.Popen(["sleep", "300"])
-    (here / f"grandchild-{{number}}.pid").write_text(str(child.pid))
-    (here / f"child-{{number}}.pid").write_text(str(os.getpid()))
+    # Written under another name, then renamed: a test polling the pid files never reads an empty one.
+    for name, pid in ((f"grandchild-{{number}}.pid", child.pid), (f"child-{{number}}.pid", os.getpid())):
+        (here / (name + ".partial")).write_text(str(pid))
+        os.replace(here / (name + ".partial"), here / name)
     while True:
         print("still working", flush=True)
         time.sleep(0.2)
