@@ -7,6 +7,7 @@ Both are frozen and validated once, when they are made; the pipeline, recovery a
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -69,15 +70,19 @@ class RegistrationOptions:
                                          or self.threads < 1):
             raise InputError(f"threads must be a whole number of at least 1, or None; received {self.threads!r}.")
 
-    def run_options(self, *, progress: ProgressCallback | None = None, timeout_s: float | None = None,
-                    threads: int | None = None) -> RunOptions:
-        """The engine-level options of one engine run (its own progress slice and limits)."""
+    def run_options(self, *, progress: ProgressCallback | None = None,
+                    timeout_s: float | None = None) -> RunOptions:
+        """The engine-level options of one engine run (its own progress slice and limits).
+
+        Threads are set explicitly for every run (elastix -threads, ANTs' ITK variable, SimpleITK's
+        method, BRAINSFit's numberOfThreads): all cores unless ``threads`` caps them.
+        """
         return RunOptions(
             progress=progress,
             cancel=self.cancel,
             timeout_s=self.timeout_s if timeout_s is None else timeout_s,
             keep_temp=self.keep_temp,
-            threads=self.threads if threads is None else threads,
+            threads=self.threads or os.cpu_count() or 1,
         )
 
 

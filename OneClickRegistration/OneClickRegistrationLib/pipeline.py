@@ -9,7 +9,6 @@ transform made elsewhere through the same assessment. The caller's images are ne
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -236,9 +235,7 @@ def register(
     with times.stage("scoring"):
         score_before = score_on(pair, None, preset.score_metric)
     report(0.05, f"Registering with {engine_name}")
-    # Threads set explicitly (elastix -threads, ANTs' ITK variable, SimpleITK's method): all cores unless capped.
-    run_options = options.run_options(progress=report.slice(0.05, 0.75 if options.recover else 0.92),
-                                      threads=options.threads or os.cpu_count() or 1)
+    run_options = options.run_options(progress=report.slice(0.05, 0.75 if options.recover else 0.92))
     start_label = (f"{preset.initialization} initialization" if options.initial_transform is None
                    else "the given initial transform")
     try:

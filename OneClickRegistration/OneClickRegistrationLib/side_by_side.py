@@ -45,8 +45,7 @@ def side_by_side(first: Callable[[], First], second: Callable[[], Second], *,
     running behind an error); when both fail, ``first``'s error is raised, as it would be one after
     the other.
     """
-    mine = [id(image) for image in images[0] if image is not None]
-    shared = any(id(image) in mine for image in images[1] if image is not None)
+    shared = any(mine is theirs for mine in images[0] if mine is not None for theirs in images[1])
     if shared or not may_use_two_cores():
         return first(), second()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="oneclick-second") as pool:
